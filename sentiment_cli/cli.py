@@ -1,0 +1,123 @@
+"""The `sent` command line: each command loads the configuration and makes one call into a step.
+
+Heavy libraries (torch, transformers, mlflow, litestar) are imported inside the commands, so
+`sent --help` answers at once.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+
+from sentiment_cli import __version__, config
+
+app = typer.Typer(
+    name="sent",
+    help="Fine-tune, evaluate, promote, serve and monitor a transformer sentiment classifier.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+ProfileOpt = Annotated[str, typer.Option("--profile", "-p", help="Overlay profiles/NAME.yaml on params.yaml.")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override one key, e.g. --set train.lr=3e-5 (repeatable)."),
+]
+
+# Exit statuses scripts can rely on.
+EXIT_USAGE = 2  # bad configuration or arguments
+EXIT_FAILED = 1  # the step could not do its work (bad data, missing model, ...)
+
+
+def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def load_config(profile: str, overrides: list[str] | None) -> config.DictConfig:
+    try:
+        return config.load(profile, overrides or [])
+    except config.ConfigError as exc:
+        fail(str(exc), EXIT_USAGE)
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Errors a user can cause: printed as one line, never as a traceback."""
+    from sentiment_cli.data import DataError
+    from sentiment_cli.model import ModelError
+    from sentiment_cli.registry import RegistryError
+
+    return (DataError, ModelError, RegistryError, config.ConfigError, FileNotFoundError)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"sent {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """Fine-tune, evaluate, promote, serve and monitor a transformer sentiment classifier."""
+
+
+def _run(step_call) -> object:
+    try:
+        return step_call()
+    except user_errors() as exc:
+        fail(str(exc))
+
+
+@app.command()
+def fetch(profile: ProfileOpt = "cpu", set_: SetOpt = None) -> None:
+    """Read data.source, validate it, and write train/validation/test parquet + meta.json."""
+    from sentiment_cli import fetch as step
+
+    cfg = load_config(profile, set_)
+    _run(lambda: step.run(cfg))
+
+
+@app.command()
+def train(
+    profile: ProfileOpt = "cpu",
+    set_: SetOpt = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the last complete checkpoint.")] = False,
+) -> None:
+    """Fine-tune on paths.data_dir and write the model to paths.model_dir (+ an MLflow run)."""
+    from sentiment_cli import train as step
+
+    cfg = load_config(profile, set_)
+    _run(lambda: step.run(cfg, resume=resume))
+
+
+@app.command("eval")
+def evaluate(
+    profile: ProfileOpt = "cpu",
+    set_: SetOpt = None,
+    model: Annotated[Path | None, typer.Option(help="Model folder (default paths.model_dir).")] = None,
+    split: Annotated[str, typer.Option(help="Split to evaluate.")] = "test",
+) -> None:
+    """Evaluate a model folder on a split: metrics/eval.json, plots, misclassified examples."""
+    from sentiment_cli import evaluate as step
+
+    cfg = load_config(profile, set_)
+    _run(lambda: step.run(cfg, model_dir=model, split=split))
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

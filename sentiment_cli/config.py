@@ -1,0 +1,295 @@
+"""Configuration: the schema lives here, the values in params.yaml and profiles/*.yaml.
+
+Layers, later wins: the packaged params.yaml (the embedded defaults) → ./params.yaml when the
+working directory has one (a DVC project) → profiles/NAME.yaml → --set key=value overrides.
+Every layer is validated against the schema: an unknown key or a wrong type is a ConfigError.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A configuration the user gave cannot be used; the message is one line."""
+
+
+@dataclass
+class Paths:
+    data_dir: str = MISSING
+    model_dir: str = MISSING
+    metrics_dir: str = MISSING
+    reports_dir: str = MISSING
+    checkpoint_dir: str = MISSING
+    prediction_log: str = MISSING
+
+
+@dataclass
+class Data:
+    source: str = MISSING
+    text_column: str = MISSING
+    label_column: str = MISSING
+    label_names: list[str] = MISSING
+    split_seed: int = MISSING
+    val_fraction: float = MISSING
+    test_fraction: float = MISSING
+    max_train_samples: int | None = MISSING
+
+
+@dataclass
+class Scratch:
+    """A model built from a configuration, for offline use: no download at all."""
+
+    vocab_size: int = MISSING
+    hidden_size: int = MISSING
+    num_layers: int = MISSING
+    num_heads: int = MISSING
+    intermediate_size: int = MISSING
+
+
+@dataclass
+class Model:
+    name: str = MISSING
+    revision: str | None = MISSING
+    max_length: int = MISSING
+    scratch: Scratch = field(default_factory=Scratch)
+
+
+@dataclass
+class Train:
+    epochs: int = MISSING
+    max_steps: int = MISSING
+    batch_size: int = MISSING
+    eval_batch_size: int = MISSING
+    lr: float = MISSING
+    weight_decay: float = MISSING
+    warmup_ratio: float = MISSING
+    scheduler: str = MISSING
+    grad_accum_steps: int = MISSING
+    max_grad_norm: float = MISSING
+    mixed_precision: str = MISSING
+    length_bucketing: bool = MISSING
+    early_stopping_patience: int = MISSING
+    log_every_steps: int = MISSING
+    checkpoint_every_steps: int = MISSING
+    keep_checkpoints: int = MISSING
+    num_workers: int = MISSING
+    compile: bool = MISSING
+
+
+@dataclass
+class Eval:
+    batch_size: int = MISSING
+    max_misclassified: int = MISSING
+
+
+@dataclass
+class Tracking:
+    tracking_uri: str = MISSING
+    experiment: str = MISSING
+    registered_model: str = MISSING
+    log_model: bool = MISSING
+
+
+@dataclass
+class Promote:
+    metric: str = MISSING
+    min_improvement: float = MISSING
+    alias: str = MISSING
+
+
+@dataclass
+class Serve:
+    model: str = MISSING
+    host: str = MISSING
+    port: int = MISSING
+    workers: int = MISSING
+    max_batch_size: int = MISSING
+    max_wait_ms: float = MISSING
+    max_texts: int = MISSING
+    max_text_chars: int = MISSING
+    max_body_bytes: int = MISSING
+    quantize: bool = MISSING
+    threads: int = MISSING
+    log_rotate_bytes: int = MISSING
+    verify_hash: bool = MISSING
+
+
+@dataclass
+class Drift:
+    window: int = MISSING
+    p_threshold: float = MISSING
+    psi_threshold: float = MISSING
+
+
+@dataclass
+class Vertex:
+    project: str | None = MISSING
+    region: str = MISSING
+    staging_bucket: str | None = MISSING
+    image_uri: str | None = MISSING
+    machine_type: str = MISSING
+    accelerator_type: str | None = MISSING
+    accelerator_count: int = MISSING
+    replica_count: int = MISSING
+    profile: str = MISSING
+
+
+@dataclass
+class Config:
+    seed: int = MISSING
+    paths: Paths = field(default_factory=Paths)
+    data: Data = field(default_factory=Data)
+    model: Model = field(default_factory=Model)
+    train: Train = field(default_factory=Train)
+    eval: Eval = field(default_factory=Eval)
+    mlflow: Tracking = field(default_factory=Tracking)
+    promote: Promote = field(default_factory=Promote)
+    serve: Serve = field(default_factory=Serve)
+    drift: Drift = field(default_factory=Drift)
+    vertex: Vertex = field(default_factory=Vertex)
+
+
+PRECISIONS = ("no", "fp16", "bf16")
+SCHEDULERS = ("linear", "cosine", "constant")
+
+
+def _packaged(name: str) -> Path:
+    return Path(str(resources.files("sentiment_cli") / "resources" / name))
+
+
+def profile_names(root: Path | None = None) -> list[str]:
+    """Profiles found in ./profiles and in the package."""
+    names = {p.stem for p in _packaged("profiles").glob("*.yaml")}
+    local = (root or Path.cwd()) / "profiles"
+    if local.is_dir():
+        names |= {p.stem for p in local.glob("*.yaml")}
+    return sorted(names)
+
+
+def _read_yaml(path: Path) -> DictConfig:
+    try:
+        loaded = OmegaConf.load(path)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"{path}: {_one_line(exc)}") from None
+    except Exception as exc:  # YAML syntax errors come from the yaml parser
+        raise ConfigError(f"{path}: not valid YAML ({_one_line(exc)})") from None
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(f"{path}: must hold a mapping of keys, not a list or a scalar")
+    return loaded
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _profile_path(profile: str, root: Path) -> Path:
+    if not profile.replace("-", "").replace("_", "").isalnum():
+        raise ConfigError(f"profile name {profile!r} must be letters, digits, '-' or '_'")
+    for candidate in (root / "profiles" / f"{profile}.yaml", _packaged("profiles") / f"{profile}.yaml"):
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(
+        f"no profile named {profile!r}; available: {', '.join(profile_names(root)) or 'none'}"
+    )
+
+
+def _merge(base: DictConfig, layer: Any, origin: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, layer)  # type: ignore[return-value]
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None)
+        where = f" (key {key})" if key else ""
+        raise ConfigError(f"{origin}{where}: {_one_line(exc)}") from None
+
+
+def _parse_overrides(overrides: list[str]) -> DictConfig:
+    for item in overrides:
+        if "=" not in item or not item.split("=", 1)[0].strip():
+            raise ConfigError(f"--set {item!r}: expected key=value, for example train.lr=3e-5")
+    try:
+        return OmegaConf.from_dotlist(list(overrides))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"--set: {_one_line(exc)}") from None
+
+
+def load(
+    profile: str | None = None,
+    overrides: list[str] | None = None,
+    root: Path | None = None,
+) -> DictConfig:
+    """Resolve the configuration; raises ConfigError with a one-line message."""
+    root = root or Path.cwd()
+    cfg = OmegaConf.structured(Config)
+    cfg = _merge(cfg, _read_yaml(_packaged("params.yaml")), "packaged params.yaml")
+    local = root / "params.yaml"
+    if local.is_file():
+        cfg = _merge(cfg, _read_yaml(local), str(local))
+    if profile:
+        path = _profile_path(profile, root)
+        cfg = _merge(cfg, _read_yaml(path), f"profile {profile}")
+    if overrides:
+        cfg = _merge(cfg, _parse_overrides(overrides), "--set")
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"configuration has no value for: {', '.join(missing)}")
+    _validate(cfg)
+    OmegaConf.set_readonly(cfg, True)
+    return cfg
+
+
+def _validate(cfg: DictConfig) -> None:
+    t = cfg.train
+    checks = [
+        (t.mixed_precision in PRECISIONS, f"train.mixed_precision must be one of {PRECISIONS}"),
+        (t.scheduler in SCHEDULERS, f"train.scheduler must be one of {SCHEDULERS}"),
+        (t.epochs >= 1, "train.epochs must be at least 1"),
+        (t.batch_size >= 1 and t.eval_batch_size >= 1, "batch sizes must be at least 1"),
+        (t.grad_accum_steps >= 1, "train.grad_accum_steps must be at least 1"),
+        (t.lr > 0, "train.lr must be positive"),
+        (0 <= t.warmup_ratio < 1, "train.warmup_ratio must be in [0, 1)"),
+        (len(cfg.data.label_names) >= 2, "data.label_names needs at least two labels"),
+        (len(set(cfg.data.label_names)) == len(cfg.data.label_names), "data.label_names repeats a name"),
+        (0 <= cfg.data.val_fraction < 1 and 0 <= cfg.data.test_fraction < 1
+         and cfg.data.val_fraction + cfg.data.test_fraction < 1,
+         "data.val_fraction + data.test_fraction must be below 1"),
+        (cfg.model.max_length >= 8, "model.max_length must be at least 8"),
+        (cfg.serve.max_batch_size >= 1 and cfg.serve.max_texts >= 1, "serve batch limits must be >= 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+def to_dict(cfg: DictConfig) -> dict[str, Any]:
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def flatten(cfg: DictConfig) -> dict[str, str]:
+    """Dotted keys → strings, the shape MLflow params want."""
+    out: dict[str, str] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        else:
+            out[prefix] = json.dumps(value) if isinstance(value, list) else str(value)
+
+    walk("", to_dict(cfg))
+    return out
+
+
+def from_dict(data: dict[str, Any]) -> DictConfig:
+    """Rebuild a validated config from a saved one (for example a model's sent.json)."""
+    cfg = _merge(OmegaConf.structured(Config), OmegaConf.create(data), "saved configuration")
+    OmegaConf.set_readonly(cfg, True)
+    return cfg

@@ -1,0 +1,304 @@
+"""The one place that turns a model name or folder into a tokenizer and weights.
+
+- build(): a fresh classifier for training, from a Hugging Face id, a local folder, or "scratch"
+  (a small BERT built from model.scratch with a WordPiece tokenizer trained on the train texts:
+  no download at all).
+- save() / load(): model folders that describe themselves (weights in safetensors, tokenizer,
+  id2label, sent.json with the resolved config, data hash, metrics and MLflow run id).
+- Predictor: texts → labels and probabilities, batched, for eval and serve.
+
+Untrusted folders: never trust_remote_code, never pickled weights (.bin), clear ModelError.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+META_FILE = "sent.json"
+
+
+class ModelError(RuntimeError):
+    """A model cannot be built or loaded; the message is one line."""
+
+
+def _hf_kwargs(revision: str | None = None) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"trust_remote_code": False}
+    if revision:
+        kwargs["revision"] = revision
+    return kwargs
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int):
+    """A lowercase WordPiece tokenizer (BERT's recipe) trained on the given texts."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from tokenizers.trainers import WordPieceTrainer
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    trainer = WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
+    tok.train_from_iterator(list(texts), trainer=trainer)
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    )
+
+
+def build(cfg, label_names: Sequence[str], train_texts: Iterable[str] | None = None):
+    """A tokenizer and a classifier with len(label_names) outputs, ready to fine-tune."""
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        BertConfig,
+        BertForSequenceClassification,
+    )
+
+    id2label = dict(enumerate(label_names))
+    label2id = {name: i for i, name in id2label.items()}
+    name = cfg.model.name
+    if name == "scratch":
+        if train_texts is None:
+            raise ModelError("model.name=scratch needs the training texts to build its tokenizer")
+        s = cfg.model.scratch
+        tokenizer = train_tokenizer(train_texts, s.vocab_size)
+        config = BertConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=s.hidden_size,
+            num_hidden_layers=s.num_layers,
+            num_attention_heads=s.num_heads,
+            intermediate_size=s.intermediate_size,
+            max_position_embeddings=max(cfg.model.max_length, 64),
+            pad_token_id=tokenizer.pad_token_id,
+            num_labels=len(label_names),
+            id2label=id2label,
+            label2id=label2id,
+        )
+        return tokenizer, BertForSequenceClassification(config)
+    local = Path(name).is_dir()
+    if local:
+        _check_folder(Path(name))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, **_hf_kwargs(cfg.model.revision))
+        model = AutoModelForSequenceClassification.from_pretrained(
+            name,
+            num_labels=len(label_names),
+            id2label=id2label,
+            label2id=label2id,
+            ignore_mismatched_sizes=True,  # a checkpoint with another head gets a fresh one
+            use_safetensors=True,
+            **_hf_kwargs(cfg.model.revision),
+        )
+    except (OSError, ValueError) as exc:
+        hint = "" if local else " (offline? use a local folder, or --profile tiny)"
+        raise ModelError(f"cannot load model {name!r}: {_first_line(exc)}{hint}") from None
+    return tokenizer, model
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def _check_folder(folder: Path) -> None:
+    if not folder.is_dir():
+        raise ModelError(f"model folder {folder} does not exist")
+    if not (folder / "config.json").is_file():
+        raise ModelError(f"{folder} is not a model folder: it has no config.json")
+    if not list(folder.glob("*.safetensors")):
+        pickled = [p.name for p in folder.glob("*.bin")] + [p.name for p in folder.glob("*.pt")]
+        extra = f" (found {', '.join(pickled)}: pickled weights are never loaded)" if pickled else ""
+        raise ModelError(f"{folder} has no .safetensors weights{extra}")
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{folder}/config.json is not valid JSON: {_first_line(exc)}") from None
+    if not isinstance(config, dict):
+        raise ModelError(f"{folder}/config.json must hold a JSON object")
+    if "auto_map" in config:
+        raise ModelError(f"{folder} needs custom code (auto_map); remote code is never run")
+
+
+def read_meta(folder: str | Path) -> dict[str, Any]:
+    path = Path(folder) / META_FILE
+    if not path.is_file():
+        return {}
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path} is not valid JSON: {_first_line(exc)}") from None
+    return meta if isinstance(meta, dict) else {}
+
+
+def write_json_atomic(path: str | Path, data: Any) -> Path:
+    """Write JSON beside the target, then rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh, indent=2, sort_keys=False, default=str)
+        fh.write("\n")
+    os.replace(tmp, path)
+    return path
+
+
+def save(folder: str | Path, model, tokenizer, meta: dict[str, Any]) -> Path:
+    """Save model + tokenizer + sent.json to a temporary folder, then swap it into place."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        meta = {**meta, "weights_sha256": weights_sha256(tmp)}
+        write_json_atomic(tmp / META_FILE, meta)
+        old = folder.with_name(f".{folder.name}.old")
+        if old.exists():
+            shutil.rmtree(old)
+        if folder.exists():
+            folder.rename(old)
+        tmp.rename(folder)
+        if old.exists():
+            shutil.rmtree(old)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def weights_sha256(folder: str | Path) -> str:
+    """One sha256 over every .safetensors file of a folder, in name order."""
+    digest = hashlib.sha256()
+    files = sorted(Path(folder).glob("*.safetensors"))
+    if not files:
+        raise ModelError(f"{folder} has no .safetensors weights")
+    for path in files:
+        digest.update(path.name.encode())
+        with path.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load(folder: str | Path):
+    """Tokenizer, model (eval mode) and sent.json metadata of a saved model folder."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    folder = Path(folder)
+    _check_folder(folder)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            folder, local_files_only=True, use_safetensors=True, trust_remote_code=False
+        )
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(f"cannot load model from {folder}: {_first_line(exc)}") from None
+    model.eval()
+    return tokenizer, model, read_meta(folder)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str
+    label_id: int
+    score: float
+    probabilities: dict[str, float]
+
+
+class Predictor:
+    """Texts in, labels and probabilities out; batches sorted by length to pad little."""
+
+    def __init__(self, model, tokenizer, *, max_length: int = 128, batch_size: int = 32,
+                 name: str = "model", version: str | None = None, meta: dict | None = None):
+        import torch
+
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.name = name
+        self.version = version
+        self.meta = meta or {}
+        id2label = model.config.id2label
+        self.labels = [str(id2label[i]) for i in range(len(id2label))]
+        self.device = next(model.parameters()).device
+        self._torch = torch
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, *, quantize: bool = False, threads: int = 0,
+                    batch_size: int = 32, name: str | None = None,
+                    version: str | None = None) -> Predictor:
+        import torch
+
+        if threads > 0:
+            torch.set_num_threads(threads)
+        tokenizer, model, meta = load(folder)
+        if quantize:
+            model = quantize_dynamic(model)
+        max_length = int(meta.get("config", {}).get("model", {}).get("max_length", 128))
+        return cls(model, tokenizer, max_length=max_length, batch_size=batch_size,
+                   name=name or Path(folder).name, version=version, meta=meta)
+
+    def predict_proba(self, texts: Sequence[str]):
+        """An (n, labels) float32 numpy array of probabilities, in input order."""
+        import numpy as np
+
+        torch = self._torch
+        out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        with torch.inference_mode():
+            for start in range(0, len(order), self.batch_size):
+                idx = order[start:start + self.batch_size]
+                enc = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
+                                     max_length=self.max_length, return_tensors="pt")
+                enc = {k: v.to(self.device) for k, v in enc.items() if k != "token_type_ids"
+                       or "token_type_ids" in self._forward_args}
+                logits = self.model(**enc).logits.float()
+                out[idx] = torch.softmax(logits, dim=-1).cpu().numpy()
+        return out
+
+    @property
+    def _forward_args(self) -> set[str]:
+        import inspect
+
+        if not hasattr(self, "_args"):
+            self._args = set(inspect.signature(self.model.forward).parameters)
+        return self._args
+
+    def predict(self, texts: Sequence[str]) -> list[Prediction]:
+        probs = self.predict_proba(texts)
+        results = []
+        for row in probs:
+            i = int(row.argmax())
+            results.append(Prediction(
+                label=self.labels[i], label_id=i, score=float(row[i]),
+                probabilities={name: float(p) for name, p in zip(self.labels, row, strict=True)},
+            ))
+        return results
+
+
+def quantize_dynamic(model):
+    """int8 weights for the Linear layers, computed on the fly on the CPU."""
+    import torch
+
+    return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)

@@ -29,6 +29,14 @@ class ModelError(RuntimeError):
     """A model cannot be built or loaded; the message is one line."""
 
 
+def quiet_transformers() -> None:
+    """No per-shard progress bars or advisory warnings from transformers in our output."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
 def _hf_kwargs(revision: str | None = None) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"trust_remote_code": False}
     if revision:
@@ -65,8 +73,12 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int):
     )
 
 
-def build(cfg, label_names: Sequence[str], train_texts: Iterable[str] | None = None):
-    """A tokenizer and a classifier with len(label_names) outputs, ready to fine-tune."""
+def build(cfg, label_names: Sequence[str], train_texts: Iterable[str] | None = None, tokenizer=None):
+    """A tokenizer and a classifier with len(label_names) outputs, ready to fine-tune.
+
+    For "scratch" the tokenizer is trained on train_texts unless one is given (a resumed run
+    reuses the tokenizer saved with its checkpoints).
+    """
     from transformers import (
         AutoModelForSequenceClassification,
         AutoTokenizer,
@@ -74,14 +86,16 @@ def build(cfg, label_names: Sequence[str], train_texts: Iterable[str] | None = N
         BertForSequenceClassification,
     )
 
+    quiet_transformers()
     id2label = dict(enumerate(label_names))
     label2id = {name: i for i, name in id2label.items()}
     name = cfg.model.name
     if name == "scratch":
-        if train_texts is None:
-            raise ModelError("model.name=scratch needs the training texts to build its tokenizer")
         s = cfg.model.scratch
-        tokenizer = train_tokenizer(train_texts, s.vocab_size)
+        if tokenizer is None:
+            if train_texts is None:
+                raise ModelError("model.name=scratch needs the training texts to build its tokenizer")
+            tokenizer = train_tokenizer(train_texts, s.vocab_size)
         config = BertConfig(
             vocab_size=len(tokenizer),
             hidden_size=s.hidden_size,
@@ -99,7 +113,8 @@ def build(cfg, label_names: Sequence[str], train_texts: Iterable[str] | None = N
     if local:
         _check_folder(Path(name))
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name, **_hf_kwargs(cfg.model.revision))
+        if tokenizer is None:
+            tokenizer = AutoTokenizer.from_pretrained(name, **_hf_kwargs(cfg.model.revision))
         model = AutoModelForSequenceClassification.from_pretrained(
             name,
             num_labels=len(label_names),
@@ -206,6 +221,7 @@ def load(folder: str | Path):
 
     folder = Path(folder)
     _check_folder(folder)
+    quiet_transformers()
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
         model = AutoModelForSequenceClassification.from_pretrained(

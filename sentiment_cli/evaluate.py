@@ -1,0 +1,137 @@
+"""sent eval: score a model folder on a held-out split.
+
+Reads: a model folder (paths.model_dir by default), paths.data_dir/<split>.parquet.
+Writes: metrics/eval.json (accuracy, f1, precision, recall, loss, n, confusion matrix),
+metrics/reference.json (what drift compares live traffic with), reports/confusion_matrix.png,
+reports/confusion_matrix.csv (actual,predicted per row, for `dvc plots`), reports/misclassified.csv;
+logs all of it to the model's MLflow run.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from sentiment_cli import data, metrics, model, registry
+from sentiment_cli.model import ModelError
+
+log = logging.getLogger(__name__)
+HIST_BINS = 20
+
+
+def reference_stats(texts: list[str], probs: np.ndarray, labels: list[str], token_lengths: list[int]) -> dict:
+    """Distributions of held-out predictions and inputs: the baseline that drift compares with."""
+    pred = probs.argmax(axis=1)
+    conf = probs.max(axis=1)
+    chars = np.array([len(t) for t in texts])
+    edges = np.linspace(0.0, 1.0, HIST_BINS + 1)
+
+    def summary(x: np.ndarray) -> dict:
+        q = np.quantile(x, [0.05, 0.25, 0.5, 0.75, 0.95]) if len(x) else [0.0] * 5
+        return {"mean": float(x.mean()), "std": float(x.std()), "min": float(x.min()), "max": float(x.max()),
+                "p05": float(q[0]), "p25": float(q[1]), "p50": float(q[2]), "p75": float(q[3]), "p95": float(q[4])}
+
+    return {
+        "n": len(texts),
+        "labels": labels,
+        "predicted_label_distribution": {name: float((pred == i).mean()) for i, name in enumerate(labels)},
+        "confidence": {**summary(conf), "histogram": {"edges": edges.tolist(),
+                                                      "counts": np.histogram(conf, edges)[0].tolist()}},
+        "text_length_chars": summary(chars),
+        "text_length_tokens": summary(np.array(token_lengths)),
+        # the raw samples: two-sample tests (KS) need them, and they are small
+        "samples": {"confidence": [round(float(c), 6) for c in conf], "length_chars": chars.tolist()},
+    }
+
+
+def _confusion_plot(cm: np.ndarray, labels: list[str], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(3.2 + 0.6 * len(labels), 2.8 + 0.6 * len(labels)), dpi=120)
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("actual")
+    ax.set_title(title, fontsize=9)
+    top = cm.max() if cm.size else 0
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center",
+                    color="white" if cm[i, j] > top / 2 else "black")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def run(cfg, model_dir: Path | None = None, split: str = "test") -> Path:
+    """Evaluate; returns the path of eval.json."""
+    folder = Path(model_dir or cfg.paths.model_dir)
+    if split not in data.SPLITS:
+        raise data.DataError(f"unknown split {split!r}; use one of {', '.join(data.SPLITS)}")
+    df = data.load_splits(cfg.paths.data_dir, (split,))[split]
+    data_meta = data.read_meta(cfg.paths.data_dir)
+    predictor = model.Predictor.from_folder(folder, batch_size=cfg.eval.batch_size)
+    labels = predictor.labels
+    if list(data_meta["labels"]) != labels:
+        raise ModelError(f"model labels {labels} differ from the data's labels {data_meta['labels']}")
+    texts = df["text"].tolist()
+    gold = df["label"].to_numpy()
+    probs = predictor.predict_proba(texts)
+    pred = probs.argmax(axis=1)
+    nll = -np.log(np.clip(probs[np.arange(len(gold)), gold], 1e-12, 1.0))
+    scores = metrics.classification(gold.tolist(), pred.tolist(), labels)
+    meta = model.read_meta(folder)
+    result = {
+        **{k: scores[k] for k in ("accuracy", "f1", "precision", "recall", "n")},
+        "loss": float(nll.mean()),
+        "split": split,
+        "labels": labels,
+        "confusion_matrix": scores["confusion_matrix"],
+        "per_label": scores["per_label"],
+        "model_dir": str(folder),
+        "weights_sha256": meta.get("weights_sha256"),
+        "data_sha256": data_meta["sha256"],
+        "mlflow_run_id": meta.get("mlflow_run_id"),
+    }
+    metrics_dir, reports = Path(cfg.paths.metrics_dir), Path(cfg.paths.reports_dir)
+    out = model.write_json_atomic(metrics_dir / "eval.json", result)
+    token_lengths = [len(ids) for ids in predictor.tokenizer(texts, truncation=True,
+                                                            max_length=predictor.max_length)["input_ids"]]
+    model.write_json_atomic(metrics_dir / "reference.json",
+                            {**reference_stats(texts, probs, labels, token_lengths), "split": split,
+                             "weights_sha256": meta.get("weights_sha256")})
+    reports.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"actual": [labels[i] for i in gold], "predicted": [labels[i] for i in pred]}).to_csv(
+        reports / "confusion_matrix.csv", index=False)
+    _confusion_plot(np.array(scores["confusion_matrix"]), labels, reports / "confusion_matrix.png",
+                    f"{folder.name} on {split}: accuracy {scores['accuracy']:.4f}")
+    wrong = np.flatnonzero(pred != gold)
+    wrong = wrong[np.argsort(-probs[wrong, pred[wrong]])][: cfg.eval.max_misclassified]
+    pd.DataFrame({"text": [texts[i] for i in wrong], "actual": [labels[gold[i]] for i in wrong],
+                  "predicted": [labels[pred[i]] for i in wrong],
+                  "confidence": probs[wrong, pred[wrong]].round(4)}).to_csv(reports / "misclassified.csv", index=False)
+    _log_to_mlflow(cfg, result, split, [out, metrics_dir / "reference.json", reports / "confusion_matrix.png",
+                                        reports / "misclassified.csv"])
+    print(f"{split}: accuracy {result['accuracy']:.4f} f1 {result['f1']:.4f} loss {result['loss']:.4f} "
+          f"(n={result['n']}) → {out}")
+    return out
+
+
+def _log_to_mlflow(cfg, result: dict, split: str, files: list[Path]) -> None:
+    run_id = result.get("mlflow_run_id")
+    if not run_id:
+        print("note: the model has no MLflow run id (not trained by sent train); metrics not logged to MLflow")
+        return
+    run = registry.get_run(cfg, run_id)
+    with registry.run(cfg, run_id=run.info.run_id):
+        registry.log_metrics({f"{split}_{k}": result[k] for k in ("accuracy", "f1", "precision", "recall", "loss")})
+        for path in files:
+            registry.log_artifact(path, "eval")

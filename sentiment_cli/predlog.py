@@ -1,0 +1,313 @@
+"""The prediction log: every prediction `sent serve` makes, one JSON object per line.
+
+`sent serve` writes it, `sent drift` reads it. A location is a local folder (paths.prediction_log,
+logs/predictions by default) or any fsspec URL (gs://bucket/prefix, s3://..., memory://...).
+
+Files are named ``predictions-<UTC start time>-<writer id>-<sequence>.jsonl``, so a name sorts by
+time and several writers (uvicorn workers, Cloud Run instances) can share one location without
+clashing. A local file is appended to and flushed after each batch, and a new one starts past
+`rotate_bytes`. Object stores cannot append, so there each flush writes a whole new object: when the
+buffer reaches `rotate_bytes`, every `flush_seconds`, and on close.
+
+Writing happens on a background thread fed by a queue: `PredictionLog.write` never waits for disk
+or network. `close()` drains the queue, so a server that shuts down cleanly loses nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import secrets
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+PREFIX = "predictions-"
+SUFFIX = ".jsonl"
+_STOP = object()
+
+
+def utc_now() -> str:
+    """An ISO 8601 UTC timestamp of fixed width, so strings sort like times."""
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+def make_record(text: str, prediction: Any, *, model_name: str, model_version: str | None,
+                latency_ms: float, timestamp: str | None = None) -> dict[str, Any]:
+    """One log line for one prediction (a model.Prediction or anything with the same fields)."""
+    return {
+        "timestamp": timestamp or utc_now(),
+        "text": text,
+        "label": prediction.label,
+        "label_id": prediction.label_id,
+        "score": round(float(prediction.score), 6),
+        "probabilities": {k: round(float(v), 6) for k, v in prediction.probabilities.items()},
+        "model_name": model_name,
+        "model_version": model_version,
+        "latency_ms": round(float(latency_ms), 3),
+    }
+
+
+def _is_local(location: str) -> bool:
+    return "://" not in location or location.startswith("file://")
+
+
+def _local_path(location: str) -> Path:
+    return Path(location.removeprefix("file://")).expanduser()
+
+
+def _file_name(writer_id: str, seq: int) -> str:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    return f"{PREFIX}{stamp}-{writer_id}-{seq:06d}{SUFFIX}"
+
+
+class PredictionLog:
+    """Append prediction records to a location from a background thread.
+
+    Use as a context manager or call close(); write() after close() raises RuntimeError.
+    """
+
+    def __init__(self, location: str | os.PathLike, *, rotate_bytes: int = 10 * 1024 * 1024,
+                 flush_seconds: float = 30.0, max_queue: int = 100_000) -> None:
+        self.location = str(location)
+        self.rotate_bytes = max(1, int(rotate_bytes))
+        self.flush_seconds = flush_seconds
+        self.local = _is_local(self.location)
+        # pid keeps workers of one machine apart, the random part keeps machines apart.
+        self.writer_id = f"{os.getpid()}{secrets.token_hex(3)}"
+        self.errors = 0
+        self.dropped = 0
+        self.written = 0
+        self._seq = 0
+        self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
+        self._closed = False
+        self._file = None  # the open local file
+        self._file_bytes = 0
+        self._buffer: list[bytes] = []  # object stores: lines not yet written
+        self._buffer_bytes = 0
+        self._buffer_since = 0.0
+        if self.local:
+            _local_path(self.location).mkdir(parents=True, exist_ok=True)
+        self._thread = threading.Thread(target=self._loop, name="prediction-log", daemon=True)
+        self._thread.start()
+
+    # --- the request side: cheap, never blocks ---------------------------------------------
+
+    def write(self, records: Iterable[dict[str, Any]]) -> None:
+        if self._closed:
+            raise RuntimeError("the prediction log is closed")
+        batch = list(records)
+        if not batch:
+            return
+        try:
+            self._queue.put_nowait(batch)
+        except queue.Full:
+            # The sink cannot keep up; serving matters more than logging.
+            self.dropped += len(batch)
+            if self.dropped == len(batch):
+                log.error("prediction log queue is full; dropping records (sink too slow?)")
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until everything written before this call is on the sink; False on timeout."""
+        if self._closed:
+            return True
+        done = threading.Event()
+        self._queue.put(done)
+        return done.wait(timeout)
+
+    def close(self, timeout: float | None = 60.0) -> None:
+        """Write everything queued, then stop the thread. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(_STOP)
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.error("prediction log did not finish writing within %.0f s", timeout or 0)
+
+    def __enter__(self) -> PredictionLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- the writer thread ------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                item = self._queue.get(timeout=self._timeout())
+            except queue.Empty:
+                self._sync(force=False)
+                continue
+            items = [item]
+            while True:  # take whatever else is waiting: one flush for many batches
+                try:
+                    items.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            stop = False
+            for it in items:
+                if it is _STOP:
+                    stop = True
+                elif isinstance(it, threading.Event):
+                    self._sync(force=True)
+                    it.set()
+                else:
+                    self._append(it)
+            self._sync(force=stop)
+            if stop:
+                self._close_file()
+                return
+
+    def _timeout(self) -> float | None:
+        if self.local or not self._buffer:
+            return None
+        return max(0.0, self._buffer_since + self.flush_seconds - time.monotonic())
+
+    def _append(self, batch: list[dict[str, Any]]) -> None:
+        lines = [
+            (json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n").encode() for r in batch
+        ]
+        try:
+            if self.local:
+                self._append_local(lines)
+            else:
+                if not self._buffer:
+                    self._buffer_since = time.monotonic()
+                self._buffer.extend(lines)
+                self._buffer_bytes += sum(map(len, lines))
+                if self._buffer_bytes >= self.rotate_bytes:
+                    self._write_object()
+            self.written += len(batch)
+        except Exception as exc:  # a full disk must not take the server down
+            self.errors += 1
+            log.error("prediction log: cannot write %d records to %s: %s",
+                      len(batch), self.location, exc)
+
+    def _append_local(self, lines: list[bytes]) -> None:
+        if self._file is None:
+            self._seq += 1
+            path = _local_path(self.location) / _file_name(self.writer_id, self._seq)
+            self._file = path.open("ab")
+            self._file_bytes = 0
+        data = b"".join(lines)
+        self._file.write(data)
+        self._file_bytes += len(data)
+        if self._file_bytes >= self.rotate_bytes:
+            self._close_file()
+
+    def _close_file(self) -> None:
+        if self._file is not None:
+            try:
+                self._file.close()
+            except OSError as exc:
+                self.errors += 1
+                log.error("prediction log: cannot close %s: %s", self._file.name, exc)
+            self._file = None
+
+    def _sync(self, force: bool) -> None:
+        try:
+            if self.local:
+                if self._file is not None:
+                    self._file.flush()
+            elif self._buffer and (
+                force or time.monotonic() - self._buffer_since >= self.flush_seconds
+            ):
+                self._write_object()
+        except Exception as exc:
+            self.errors += 1
+            log.error("prediction log: cannot flush to %s: %s", self.location, exc)
+
+    def _write_object(self) -> None:
+        import fsspec
+
+        self._seq += 1
+        url = f"{self.location.rstrip('/')}/{_file_name(self.writer_id, self._seq)}"
+        data = b"".join(self._buffer)
+        self._buffer, self._buffer_bytes = [], 0
+        with fsspec.open(url, "wb") as fh:
+            fh.write(data)
+
+
+# --- reading ----------------------------------------------------------------------------------
+
+
+def _writer_of(name: str) -> str:
+    # predictions-<stamp>-<writer>-<seq>.jsonl
+    parts = name[len(PREFIX):-len(SUFFIX)].split("-")
+    return parts[1] if len(parts) == 3 else name
+
+
+def list_files(location: str | os.PathLike) -> list[str]:
+    """The log's files, oldest first (names sort by start time)."""
+    import fsspec.core
+
+    location = str(location)
+    if _is_local(location):
+        folder = _local_path(location)
+        if not folder.is_dir():
+            return []
+        return [str(p) for p in sorted(folder.glob(f"{PREFIX}*{SUFFIX}"), key=lambda p: p.name)]
+    fs, root = fsspec.core.url_to_fs(location)
+    if not fs.exists(root):
+        return []
+    names = [p for p in fs.ls(root, detail=False) if p.rsplit("/", 1)[-1].startswith(PREFIX)
+             and p.endswith(SUFFIX)]
+    return [fs.unstrip_protocol(p) for p in sorted(names, key=lambda p: p.rsplit("/", 1)[-1])]
+
+
+def _read_lines(path: str) -> Iterator[dict[str, Any]]:
+    import fsspec
+
+    with fsspec.open(path, "rb") as fh:
+        data = fh.read()
+    for line in data.splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line a crashed writer left half-written
+        if isinstance(record, dict):
+            yield record
+
+
+def read_predictions(location: str | os.PathLike, limit: int | None = None) -> list[dict[str, Any]]:
+    """The logged records, oldest first; with `limit`, only the most recent `limit` of them.
+
+    Records of several writers are merged by timestamp. With a limit, each writer's files are
+    read newest first and no further back than needed.
+    """
+    files = list_files(location)
+    if limit is not None and limit <= 0:
+        return []
+    by_writer: dict[str, list[str]] = {}
+    for path in files:
+        by_writer.setdefault(_writer_of(path.rsplit("/", 1)[-1]), []).append(path)
+    records: list[dict[str, Any]] = []
+    for paths in by_writer.values():
+        if limit is None:
+            for path in paths:
+                records.extend(_read_lines(path))
+            continue
+        # One writer's files never overlap in time, so its newest files hold its newest records.
+        taken: list[list[dict[str, Any]]] = []
+        count = 0
+        for path in reversed(paths):
+            chunk = list(_read_lines(path))
+            taken.append(chunk)
+            count += len(chunk)
+            if count >= limit:
+                break
+        for chunk in reversed(taken):
+            records.extend(chunk)
+    records.sort(key=lambda r: str(r.get("timestamp", "")))  # stable: ties keep file order
+    return records if limit is None else records[-limit:]

@@ -1,0 +1,364 @@
+"""sent train: fine-tune a sequence classifier with Accelerate.
+
+Reads: paths.data_dir (train/validation parquet, meta.json), model.name.
+Writes: paths.model_dir (model, tokenizer, sent.json), metrics/train.json, checkpoints under
+paths.checkpoint_dir (for --resume), and an MLflow run (params, curves, the model artifact).
+
+The same code runs on the CPU, one GPU, or many via `accelerate launch -m sentiment_cli.cli train`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sentiment_cli import __version__, config, data, metrics, model, registry
+
+log = logging.getLogger(__name__)
+STATE_FILE = "sent_state.json"
+CKPT_RE = re.compile(r"^step-(\d+)$")
+
+
+@dataclass
+class State:
+    """Where training is; saved beside each checkpoint so --resume continues exactly."""
+
+    epoch: int = 0
+    batch_in_epoch: int = 0  # batches of the current epoch already consumed
+    global_step: int = 0  # optimizer steps
+    best_score: float = -math.inf
+    best_epoch: int = -1
+    bad_epochs: int = 0
+    run_id: str | None = None
+    history: list[dict[str, float]] = field(default_factory=list)
+    samples_seen: int = 0
+    train_seconds: float = 0.0
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def _checkpoints(root: Path) -> list[Path]:
+    found = [p for p in root.glob("step-*") if p.is_dir() and CKPT_RE.match(p.name)
+             and (p / STATE_FILE).is_file()]
+    return sorted(found, key=lambda p: int(CKPT_RE.match(p.name).group(1)))
+
+
+def _save_checkpoint(accelerator, root: Path, state: State, keep: int) -> None:
+    """save_state into step-N.tmp, add the state file last, then rename: only complete ones count."""
+    final = root / f"step-{state.global_step:08d}"
+    accelerator.wait_for_everyone()
+    if final.exists():
+        return
+    tmp = root / f"{final.name}.tmp"
+    if accelerator.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    if accelerator.is_main_process:
+        (tmp / STATE_FILE).write_text(json.dumps(asdict(state)))
+        tmp.rename(final)
+        for old in _checkpoints(root)[:-max(keep, 1)]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def _load_checkpoint(accelerator, root: Path) -> State | None:
+    found = _checkpoints(root)
+    if not found:
+        return None
+    last = found[-1]
+    accelerator.load_state(str(last))
+    return State(**json.loads((last / STATE_FILE).read_text()))
+
+
+# ---------------------------------------------------------------- pieces of the recipe
+
+
+def _optimizer(net, cfg, fused: bool):
+    import torch
+
+    decay, no_decay = [], []
+    for name, p in net.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.train.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.train.lr, fused=fused)
+
+
+def _scheduler(optimizer, cfg, total_steps: int):
+    from transformers import get_scheduler
+
+    warmup = int(cfg.train.warmup_ratio * total_steps)
+    name = "constant_with_warmup" if cfg.train.scheduler == "constant" else cfg.train.scheduler
+    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+
+
+def validate(accelerator, net, loader, labels: list[str]) -> dict[str, float]:
+    """Loss, accuracy and macro F1 over the whole split, gathered from every process."""
+    import torch
+
+    net.eval()
+    preds, golds, losses = [], [], []
+    with torch.inference_mode():
+        for batch in loader:
+            logits = net(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            loss = torch.nn.functional.cross_entropy(logits.float(), batch["labels"], reduction="none")
+            p, g, lo = accelerator.gather_for_metrics((logits.argmax(-1), batch["labels"], loss))
+            preds.append(p.cpu())
+            golds.append(g.cpu())
+            losses.append(lo.float().cpu())
+    net.train()
+    scores = metrics.classification(torch.cat(golds).tolist(), torch.cat(preds).tolist(), labels)
+    return {"val_loss": float(torch.cat(losses).mean()), "val_accuracy": scores["accuracy"],
+            "val_f1": scores["f1"]}
+
+
+class Progress:
+    """A rich progress bar on a terminal; plain log lines otherwise."""
+
+    def __init__(self, enabled: bool, total: int, done: int):
+        self.bar = None
+        self.enabled = enabled
+        if enabled and sys.stderr.isatty():
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress as Bar,
+                                       TextColumn, TimeElapsedColumn, TimeRemainingColumn)
+
+            self.bar = Bar(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                           TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
+                           TimeRemainingColumn(), transient=False)
+            self.task = self.bar.add_task("train", total=total, completed=done, info="")
+            self.bar.start()
+
+    def update(self, step: int, info: str) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=step, info=info)
+        elif self.enabled:
+            print(f"step {step}: {info}", flush=True)
+
+    def message(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.console.print(text)
+        elif self.enabled:
+            print(text, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+# ---------------------------------------------------------------- the recipe
+
+
+def run(cfg, resume: bool = False) -> Path:
+    """Train; returns the model folder written."""
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    t = cfg.train
+    accelerator = Accelerator(mixed_precision=t.mixed_precision, gradient_accumulation_steps=t.grad_accum_steps)
+    main = accelerator.is_main_process
+    ckpt_root = Path(cfg.paths.checkpoint_dir)
+    if not resume and main and ckpt_root.exists():
+        shutil.rmtree(ckpt_root)  # a fresh run never continues someone else's checkpoints
+    accelerator.wait_for_everyone()
+    if resume and not _checkpoints(ckpt_root):
+        raise FileNotFoundError(f"--resume: no complete checkpoint in {ckpt_root}")
+    set_seed(cfg.seed)
+
+    # data
+    data_meta = data.read_meta(cfg.paths.data_dir)
+    splits = data.load_splits(cfg.paths.data_dir, ("train", "validation"))
+    labels = list(data_meta["labels"])
+    saved_tok = ckpt_root / "tokenizer"
+    tokenizer = None
+    if resume and saved_tok.is_dir():
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(saved_tok, local_files_only=True)
+    tokenizer, net = model.build(cfg, labels, train_texts=splits["train"]["text"].tolist(), tokenizer=tokenizer)
+    if main and not saved_tok.is_dir():
+        tokenizer.save_pretrained(saved_tok)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    train_ds = data.EncodedDataset(tokenizer, splits["train"]["text"], splits["train"]["label"], cfg.model.max_length)
+    val_ds = data.EncodedDataset(tokenizer, splits["validation"]["text"], splits["validation"]["label"],
+                                 cfg.model.max_length)
+    train_dl = data.dataloader(train_ds, t.batch_size, pad_id, cfg.seed, shuffle=True,
+                               bucketing=t.length_bucketing, num_workers=t.num_workers)
+    val_dl = data.dataloader(val_ds, t.eval_batch_size, pad_id, cfg.seed, shuffle=False,
+                             num_workers=t.num_workers)
+    sampler = train_dl.batch_sampler
+
+    # model, optimizer, schedule
+    steps_per_epoch = math.ceil(len(train_dl) / accelerator.num_processes / t.grad_accum_steps)
+    total_steps = steps_per_epoch * t.epochs if t.max_steps < 0 else min(t.max_steps, steps_per_epoch * t.epochs)
+    optimizer = _optimizer(net, cfg, fused=accelerator.device.type == "cuda")
+    scheduler = _scheduler(optimizer, cfg, total_steps)
+    net, optimizer, train_dl, val_dl, scheduler = accelerator.prepare(net, optimizer, train_dl, val_dl, scheduler)
+    if t.compile:
+        net = torch.compile(net, dynamic=True)
+
+    state = State()
+    if resume:
+        state = _load_checkpoint(accelerator, ckpt_root) or state
+
+    resolved = config.to_dict(cfg)
+    run_ctx = registry.run(cfg, run_id=state.run_id, run_name=f"train-{cfg.model.name.split('/')[-1]}",
+                           tags={"sent.kind": "train", "sent.version": __version__}) if main else None
+    active = run_ctx.__enter__() if run_ctx else None
+    try:
+        if main:
+            if state.run_id is None:
+                state.run_id = active.info.run_id
+                registry.log_params({**config.flatten(cfg), "data.sha256": data_meta["sha256"],
+                                     "world_size": accelerator.num_processes, "total_steps": total_steps})
+            print(f"MLflow run {state.run_id} at {registry.tracking_uri(cfg)}", flush=True)
+        state = _loop(cfg, accelerator, net, optimizer, scheduler, train_dl, val_dl, sampler, labels, state,
+                      total_steps, ckpt_root, tokenizer)
+        return _finish(cfg, accelerator, net, tokenizer, labels, state, data_meta, resolved)
+    finally:
+        if run_ctx:
+            run_ctx.__exit__(*sys.exc_info())
+
+
+def _loop(cfg, accelerator, net, optimizer, scheduler, train_dl, val_dl, sampler, labels, state: State,
+          total_steps: int, ckpt_root: Path, tokenizer) -> State:
+    import torch
+
+    t = cfg.train
+    main = accelerator.is_main_process
+    progress = Progress(main, total_steps, state.global_step)
+    running_loss = torch.zeros((), device=accelerator.device)  # summed on device: no sync per step
+    running_n = 0
+    done = state.global_step >= total_steps
+    net.train()
+    try:
+        while state.epoch < t.epochs and not done:
+            sampler.set_epoch(state.epoch)
+            loader = accelerator.skip_first_batches(train_dl, state.batch_in_epoch) if state.batch_in_epoch else train_dl
+            tick = time.perf_counter()
+            for batch in loader:
+                with accelerator.accumulate(net):
+                    loss = net(**batch).loss
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and t.max_grad_norm > 0:
+                        accelerator.clip_grad_norm_(net.parameters(), t.max_grad_norm)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                state.batch_in_epoch += 1
+                state.samples_seen += batch["labels"].shape[0] * accelerator.num_processes
+                running_loss += loss.detach()
+                running_n += 1
+                if not accelerator.sync_gradients:
+                    continue
+                state.global_step += 1
+                if state.global_step % t.log_every_steps == 0 or state.global_step == total_steps:
+                    loss_value = accelerator.reduce(running_loss, "mean").item() / running_n
+                    lr = scheduler.get_last_lr()[0]
+                    elapsed = state.train_seconds + time.perf_counter() - tick
+                    speed = state.samples_seen / elapsed if elapsed > 0 else 0.0
+                    if main:
+                        registry.log_metrics({"train_loss": loss_value, "learning_rate": lr,
+                                              "train_samples_per_second": speed}, step=state.global_step)
+                    progress.update(state.global_step, f"epoch {state.epoch + 1} loss {loss_value:.4f} "
+                                                       f"{speed:,.0f} samples/s")
+                    running_loss.zero_()
+                    running_n = 0
+                if t.checkpoint_every_steps and state.global_step % t.checkpoint_every_steps == 0:
+                    state.train_seconds += time.perf_counter() - tick
+                    _save_checkpoint(accelerator, ckpt_root, state, t.keep_checkpoints)
+                    tick = time.perf_counter()
+                if state.global_step >= total_steps:
+                    done = True
+                    break
+            state.train_seconds += time.perf_counter() - tick
+            scores = validate(accelerator, net, val_dl, labels)
+            state.history.append({"epoch": state.epoch + 1, **scores})
+            improved = scores["val_accuracy"] > state.best_score
+            if main:
+                registry.log_metrics(scores, step=state.global_step)
+                progress.message(f"epoch {state.epoch + 1}: val_loss {scores['val_loss']:.4f} "
+                                 f"val_accuracy {scores['val_accuracy']:.4f} val_f1 {scores['val_f1']:.4f}"
+                                 + (" (best)" if improved else ""))
+            if improved:
+                state.best_score, state.best_epoch, state.bad_epochs = scores["val_accuracy"], state.epoch + 1, 0
+                _save_best(cfg, accelerator, net, tokenizer, ckpt_root)
+            else:
+                state.bad_epochs += 1
+            state.epoch += 1
+            state.batch_in_epoch = 0
+            _save_checkpoint(accelerator, ckpt_root, state, t.keep_checkpoints)
+            if t.early_stopping_patience and state.bad_epochs >= t.early_stopping_patience:
+                progress.message(f"early stop: no better val_accuracy for {state.bad_epochs} epochs")
+                break
+    finally:
+        progress.close()
+    return state
+
+
+def _save_best(cfg, accelerator, net, tokenizer, ckpt_root: Path) -> None:
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(net)
+        unwrapped = getattr(unwrapped, "_orig_mod", unwrapped)  # torch.compile wrapper
+        model.save(ckpt_root / "best", unwrapped, tokenizer, {"config": config.to_dict(cfg)})
+    accelerator.wait_for_everyone()
+
+
+def _finish(cfg, accelerator, net, tokenizer, labels, state: State, data_meta: dict, resolved: dict) -> Path:
+    """Write the best model as paths.model_dir with everything downstream needs to know."""
+    out = Path(cfg.paths.model_dir)
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        return out
+    best = Path(cfg.paths.checkpoint_dir) / "best"
+    speed = state.samples_seen / state.train_seconds if state.train_seconds > 0 else 0.0
+    best_scores = next((h for h in state.history if h["epoch"] == state.best_epoch), {})
+    summary = {
+        "best_epoch": state.best_epoch,
+        "epochs_run": len(state.history),
+        "global_step": state.global_step,
+        "train_samples_per_second": speed,
+        "train_runtime_seconds": state.train_seconds,
+        "samples_seen": state.samples_seen,
+        **{k: v for k, v in best_scores.items() if k != "epoch"},
+        "history": state.history,
+    }
+    meta = {
+        "config": resolved,
+        "labels": labels,
+        "data_sha256": data_meta["sha256"],
+        "data_source": data_meta.get("source"),
+        "metrics": {k: v for k, v in summary.items() if k != "history"},
+        "mlflow_run_id": state.run_id,
+        "base_model": cfg.model.name,
+        "sent_version": __version__,
+    }
+    from transformers import AutoModelForSequenceClassification
+
+    best_model = AutoModelForSequenceClassification.from_pretrained(best, local_files_only=True,
+                                                                    use_safetensors=True)
+    model.save(out, best_model, tokenizer, meta)
+    model.write_json_atomic(Path(cfg.paths.metrics_dir) / "train.json",
+                            {**summary, "mlflow_run_id": state.run_id, "model_dir": str(out)})
+    registry.log_metrics({"best_val_accuracy": state.best_score, "train_samples_per_second": speed,
+                          "train_runtime_seconds": state.train_seconds})
+    if cfg.mlflow.log_model:
+        registry.log_model_folder(out, state.run_id)
+    registry.set_run_tags(cfg, state.run_id, {"sent.model_dir": str(out.resolve()),
+                                              "weights_sha256": model.read_meta(out)["weights_sha256"]})
+    print(f"wrote {out} (best epoch {state.best_epoch}, val_accuracy {state.best_score:.4f}, "
+          f"{speed:,.0f} samples/s)", flush=True)
+    return out

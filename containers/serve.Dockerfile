@@ -56,6 +56,6 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('PORT', '8080'), timeout=4)"]
 
 # A shell only to read $PORT (Cloud Run sets it); exec hands the process and its signals to sent.
-# Arguments after the image name are appended: docker run IMAGE --set serve.quantize=true
-ENTRYPOINT ["/bin/sh", "-c", "exec sent serve --set serve.host=0.0.0.0 --set serve.port=\"${PORT}\" \"$@\"", "sent-serve"]
+# Arguments after the image name are appended: docker run IMAGE --quantize --set serve.threads=2
+ENTRYPOINT ["/bin/sh", "-c", "exec sent serve --host 0.0.0.0 --port \"${PORT}\" \"$@\"", "sent-serve"]
 CMD []

@@ -112,6 +112,36 @@ def evaluate(
     _run(lambda: step.run(cfg, model_dir=model, split=split))
 
 
+@app.command()
+def serve(
+    profile: ProfileOpt = "cpu",
+    set_: SetOpt = None,
+    model: Annotated[str | None, typer.Option(
+        help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model or a model folder "
+             "(default serve.model).")] = None,
+    host: Annotated[str | None, typer.Option(help="Address to bind (default serve.host).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default serve.port).")] = None,
+    workers: Annotated[int | None, typer.Option(
+        help="Worker processes, each with its own model copy (default serve.workers).")] = None,
+    quantize: Annotated[bool | None, typer.Option(
+        "--quantize/--no-quantize",
+        help="Dynamic int8 weights: faster on the CPU (default serve.quantize).")] = None,
+    verify_hash: Annotated[bool | None, typer.Option(
+        "--verify-hash/--no-verify-hash",
+        help="Refuse weights whose sha256 differs from the registry tag or sent.json "
+             "(default serve.verify_hash).")] = None,
+) -> None:
+    """Serve a model over HTTP: POST /predict, /healthz, /readyz, /metrics, /schema, a page at /.
+
+    Predictions are logged to paths.prediction_log; SIGTERM lets requests in flight finish.
+    """
+    from sentiment_cli import serve as step
+
+    cfg = load_config(profile, set_)
+    _run(lambda: step.run(cfg, model=model, host=host, port=port, workers=workers,
+                          quantize=quantize, verify_hash=verify_hash))
+
+
 def main() -> None:
     try:
         app()

@@ -173,9 +173,8 @@ class PredictionLog:
         return max(0.0, self._buffer_since + self.flush_seconds - time.monotonic())
 
     def _append(self, batch: list[dict[str, Any]]) -> None:
-        lines = [
-            (json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n").encode() for r in batch
-        ]
+        lines = [(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+                 for r in batch]
         try:
             if self.local:
                 self._append_local(lines)

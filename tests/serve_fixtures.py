@@ -1,0 +1,132 @@
+"""Fixtures and helpers for the serve tests: a tiny real model (no download) and a real server.
+
+Imported by test_serve.py, test_predlog.py and test_serve_browser.py (conftest.py belongs to the
+whole suite; these are only for serving).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+TRAIN_TEXTS = [
+    "a gripping story with wonderful performances",
+    "the best film of the year, funny and moving",
+    "beautifully shot and brilliantly acted",
+    "a tedious, predictable mess",
+    "boring, far too long and badly written",
+    "the worst movie i have seen in years",
+    "charming, clever and full of heart",
+    "a dull script and lifeless acting",
+] * 8
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small BERT built from the tiny profile, saved as a real model folder (with sent.json)."""
+    import torch
+
+    from sentiment_cli import config, model
+
+    torch.manual_seed(0)
+    cfg = config.load("tiny")
+    tok, m = model.build(cfg, ["neg", "pos"], train_texts=TRAIN_TEXTS)
+    folder = tmp_path_factory.mktemp("tiny-model") / "tiny"
+    model.save(folder, m, tok, {"config": config.to_dict(cfg)})
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_predictor(tiny_model_dir: Path):
+    from sentiment_cli.model import Predictor
+
+    return Predictor.from_folder(tiny_model_dir, name="tiny", version="7")
+
+
+def serve_config(log_dir: Path, *overrides: str):
+    """The tiny profile with the prediction log in log_dir and small limits tests can reach."""
+    from sentiment_cli import config
+
+    return config.load("tiny", [
+        f"paths.prediction_log={log_dir}",
+        "serve.max_texts=8",
+        "serve.max_text_chars=200",
+        "serve.max_body_bytes=4096",
+        *overrides,
+    ])
+
+
+def wait_ready(client, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if client.get("/readyz").status_code == 200:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"not ready after {timeout} s: {client.get('/readyz').text}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen
+    url: str
+    log_dir: Path
+    output: Path
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+
+    def text(self) -> str:
+        return self.output.read_text(errors="replace")
+
+
+@contextlib.contextmanager
+def running_server(model_dir: Path, workdir: Path, *args: str, ready_timeout: float = 90.0
+                   ) -> Iterator[Server]:
+    """`sent serve --model model_dir` on a free port of 127.0.0.1, ready; stopped with SIGTERM."""
+    port = free_port()
+    log_dir = workdir / "predictions"
+    output = workdir / "server.out"
+    cmd = [sys.executable, "-m", "sentiment_cli.cli", "serve", "--model", str(model_dir),
+           "--host", "127.0.0.1", "--port", str(port), "--profile", "tiny",
+           "--set", f"paths.prediction_log={log_dir}", *args]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with output.open("wb") as out:
+        proc = subprocess.Popen(cmd, cwd=workdir, stdout=out, stderr=subprocess.STDOUT, env=env)
+    server = Server(proc, f"http://127.0.0.1:{port}", log_dir, output)
+    try:
+        deadline = time.monotonic() + ready_timeout
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"server exited with {proc.returncode}:\n{server.text()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise AssertionError(f"server not ready in {ready_timeout} s:\n{server.text()}")
+            time.sleep(0.1)
+        yield server
+    finally:
+        server.stop()

@@ -1,0 +1,635 @@
+"""sent serve: the HTTP contract, bad input, readiness, metrics, micro-batching, the prediction
+log, the CLI's refusals, and a real uvicorn process stopped with SIGTERM mid-request."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+import serve_fixtures
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from litestar.testing import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+from serve_fixtures import running_server, serve_config, wait_ready
+from typer.testing import CliRunner
+
+from sentiment_cli import predlog, serve
+from sentiment_cli.cli import app as cli_app
+from sentiment_cli.model import ModelError, Prediction
+
+tiny_model_dir = serve_fixtures.tiny_model_dir
+tiny_predictor = serve_fixtures.tiny_predictor
+
+JSON = {"content-type": "application/json"}
+CLIENT_ERRORS = {400, 413, 415, 422}
+
+
+@pytest.fixture
+def cfg(tmp_path: Path):
+    return serve_config(tmp_path / "log")
+
+
+@pytest.fixture
+def client(cfg, tiny_predictor):
+    with TestClient(serve.create_app(cfg, predictor=tiny_predictor)) as c:
+        wait_ready(c)
+        yield c
+
+
+def scrape(client) -> dict[tuple[str, frozenset], float]:
+    out = {}
+    for family in text_string_to_metric_families(client.get("/metrics").text):
+        for s in family.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+def metric(samples: dict, metric_name: str, /, **labels: str) -> float:
+    """Sum of the samples of `name` whose labels include `labels`."""
+    want = set(labels.items())
+    return sum(v for (n, lab), v in samples.items() if n == metric_name and want <= lab)
+
+
+# ---------------------------------------------------------------- the happy path
+
+
+def test_predict_one_text_shape(client, tiny_predictor):
+    r = client.post("/predict", json={"text": "a wonderful, moving film"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model"] == {"name": "tiny", "version": "7"}
+    (p,) = body["predictions"]
+    assert set(p) == {"label", "label_id", "score", "probabilities"}
+    assert set(p["probabilities"]) == {"neg", "pos"}
+    assert p["probabilities"][p["label"]] == pytest.approx(p["score"])
+    assert p["label"] == tiny_predictor.labels[p["label_id"]]
+    assert p["score"] == max(p["probabilities"].values())
+    assert sum(p["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+    expected = tiny_predictor.predict(["a wonderful, moving film"])[0]
+    assert p["probabilities"]["pos"] == pytest.approx(expected.probabilities["pos"], abs=1e-5)
+
+
+def test_predict_many_texts_keep_their_order(client, tiny_predictor):
+    texts = ["dull", "a gripping story with wonderful performances and a great score", "meh!"]
+    r = client.post("/predict", json={"texts": texts})
+    assert r.status_code == 200, r.text
+    got = [p["probabilities"]["pos"] for p in r.json()["predictions"]]
+    want = [p.probabilities["pos"] for p in tiny_predictor.predict(texts)]
+    assert got == pytest.approx(want, abs=1e-5)
+
+
+def test_concurrent_requests_each_get_their_own_answer(cfg, tiny_predictor):
+    texts = [f"review number {i} " + "good " * (i % 7) + "bad " * (i % 3) for i in range(24)]
+    want = {t: p.probabilities["pos"] for t, p in zip(texts, tiny_predictor.predict(texts),
+                                                       strict=True)}
+    with TestClient(serve.create_app(cfg, predictor=tiny_predictor)) as c:
+        wait_ready(c)
+        before = scrape(c)
+        with ThreadPoolExecutor(8) as pool:
+            responses = list(pool.map(lambda t: c.post("/predict", json={"text": t}), texts))
+        after = scrape(c)
+    for t, r in zip(texts, responses, strict=True):
+        assert r.status_code == 200, r.text
+        got = r.json()["predictions"][0]["probabilities"]["pos"]
+        assert got == pytest.approx(want[t], abs=1e-5)
+    passes = metric(after, "sent_batch_size_count") - metric(before, "sent_batch_size_count")
+    texts_done = metric(after, "sent_batch_size_sum") - metric(before, "sent_batch_size_sum")
+    assert texts_done == len(texts)
+    assert 1 <= passes <= len(texts)
+    # Every prediction is in the log once the app has shut down (the lifespan flushes it).
+    logged = predlog.read_predictions(cfg.paths.prediction_log)
+    assert sorted(r["text"] for r in logged) == sorted(texts)
+    for record in logged:
+        assert record["probabilities"]["pos"] == pytest.approx(want[record["text"]], abs=1e-5)
+        assert record["model_name"] == "tiny" and record["model_version"] == "7"
+        assert record["latency_ms"] >= 0 and record["timestamp"].endswith("+00:00")
+
+
+# ---------------------------------------------------------------- bad input: 4xx, never 500
+
+
+BAD = [
+    pytest.param(b'{"text": ', JSON, 400, "not valid JSON", id="truncated-json"),
+    pytest.param(b"\xff\xfe", JSON, 400, "not valid JSON", id="not-utf8"),
+    pytest.param(rb'{"text": "\ud800"}', JSON, 400, "not valid JSON", id="lone-surrogate"),
+    pytest.param(b'{"text": ""}', JSON, 422, "length >= 1", id="empty-text"),
+    pytest.param(b'{"text": " \\t\\n "}', JSON, 422, "regex", id="whitespace-text"),
+    pytest.param(b'{"texts": ["ok", "  "]}', JSON, 422, "$.texts[1]", id="whitespace-in-list"),
+    pytest.param(b'{"text": 5}', JSON, 422, "Expected `str`", id="number-text"),
+    pytest.param(b'{"texts": [1, 2]}', JSON, 422, "Expected `str`", id="numbers-in-list"),
+    pytest.param(b'{"texts": "one"}', JSON, 422, "Expected `array`", id="texts-not-a-list"),
+    pytest.param(b'{"texts": []}', JSON, 422, "length >= 1", id="no-texts"),
+    pytest.param(b'{"text": null}', JSON, 422, "got `null`", id="null-text"),
+    pytest.param(b"{}", JSON, 422, "exactly one", id="empty-object"),
+    pytest.param(b'{"text": "a", "texts": ["b"]}', JSON, 422, "exactly one", id="both-keys"),
+    pytest.param(b'{"review": "good"}', JSON, 422, "unknown field", id="unknown-key"),
+    pytest.param(b'["good"]', JSON, 422, "Expected `object`", id="array-body"),
+    pytest.param(b"", JSON, 400, "not valid JSON", id="empty-body"),
+    pytest.param(b'{"texts": ["a"]}' + b" " * 5000, JSON, 413, "over 4096 bytes",
+                 id="body-too-big"),
+    pytest.param(json.dumps({"texts": ["x"] * 9}).encode(), JSON, 422, "length <= 8",
+                 id="too-many-texts"),
+    pytest.param(json.dumps({"text": "x" * 201}).encode(), JSON, 422, "length <= 200",
+                 id="text-too-long"),
+    pytest.param(b'{"text": "good"}', {"content-type": "text/plain"}, 415, "application/json",
+                 id="text-plain"),
+    pytest.param(b"text=good", {"content-type": "application/x-www-form-urlencoded"}, 415,
+                 "application/json", id="form"),
+    pytest.param(b'{"text": "good"}', {}, 415, "application/json", id="no-content-type"),
+]
+
+
+@pytest.mark.parametrize(("body", "headers", "status", "message"), BAD)
+def test_bad_input_is_a_client_error_with_a_message(client, body, headers, status, message):
+    before = scrape(client)
+    r = client.post("/predict", content=body, headers=headers)
+    assert r.status_code == status, r.text
+    assert message in r.json()["detail"]
+    after = scrape(client)
+    assert metric(after, "sent_rejected_requests_total") == metric(
+        before, "sent_rejected_requests_total") + 1
+    assert metric(after, "sent_predictions_total") == metric(before, "sent_predictions_total")
+
+
+def test_json_with_charset_is_accepted(client):
+    r = client.post("/predict", content=b'{"text": "fine"}',
+                    headers={"content-type": "application/json; charset=utf-8"})
+    assert r.status_code == 200, r.text
+
+
+def test_limits_at_the_edge_are_accepted(client):
+    r = client.post("/predict", json={"texts": ["y" * 200] * 8})
+    assert r.status_code == 200, r.text
+    assert len(r.json()["predictions"]) == 8
+
+
+def test_wrong_method_and_unknown_path(client):
+    assert client.get("/predict").status_code == 405
+    assert client.get("/no-such-page").status_code == 404
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner,
+                                                                max_size=3),
+    max_leaves=8,
+)
+bodies = st.one_of(
+    json_values.map(lambda v: json.dumps(v).encode()),
+    st.fixed_dictionaries({"text": json_values}).map(lambda v: json.dumps(v).encode()),
+    st.fixed_dictionaries({"texts": st.lists(st.text(max_size=250) | json_values, max_size=10)}
+                          ).map(lambda v: json.dumps(v).encode()),
+    st.text(max_size=300).map(lambda t: json.dumps({"text": t}).encode()),
+    st.binary(max_size=300),
+)
+content_types = st.sampled_from(
+    ["application/json", "application/json; charset=utf-8", "text/plain", "", "application/xml",
+     "multipart/form-data; boundary=x"])
+
+
+@pytest.fixture(scope="module")
+def module_client(tmp_path_factory, tiny_predictor):
+    cfg = serve_config(tmp_path_factory.mktemp("hypothesis-log"))
+    with TestClient(serve.create_app(cfg, predictor=tiny_predictor)) as c:
+        wait_ready(c)
+        yield c
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=bodies, content_type=content_types)
+def test_any_body_gets_a_client_error_or_an_answer(module_client, body, content_type):
+    headers = {"content-type": content_type} if content_type else {}
+    r = module_client.post("/predict", content=body, headers=headers)
+    assert r.status_code in {200} | CLIENT_ERRORS, (r.status_code, r.text)
+    if r.status_code != 200:
+        assert r.json()["detail"]
+        return
+    sent = json.loads(body)
+    texts = sent["texts"] if "texts" in sent else [sent["text"]]
+    assert all(isinstance(t, str) and t.strip() and len(t) <= 200 for t in texts)
+    assert len(r.json()["predictions"]) == len(texts) <= 8
+
+
+# ---------------------------------------------------------------- readiness
+
+
+class GatedPredictor:
+    """The tiny predictor, but its forward passes wait until the test opens the gate."""
+
+    def __init__(self, inner, gate: threading.Event):
+        self.inner, self.gate = inner, gate
+        self.name, self.version, self.labels = inner.name, inner.version, inner.labels
+
+    def predict(self, texts):
+        assert self.gate.wait(20), "the test never opened the gate"
+        return self.inner.predict(texts)
+
+
+def test_readyz_is_503_until_the_warm_up_pass_has_run(cfg, tiny_predictor):
+    gate = threading.Event()
+    app = serve.create_app(cfg, predictor=GatedPredictor(tiny_predictor, gate), ready_wait_s=0.05)
+    with TestClient(app) as c:
+        assert c.get("/healthz").json() == {"status": "ok"}
+        r = c.get("/readyz")
+        assert r.status_code == 503 and r.json()["status"] == "loading"
+        r = c.post("/predict", json={"text": "too early"})
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        gate.set()
+        wait_ready(c, timeout=10)
+        assert c.get("/readyz").json()["model"] == {"name": "tiny", "version": "7"}
+        assert c.post("/predict", json={"text": "now"}).status_code == 200
+
+
+def test_a_request_during_warm_up_waits_for_the_model(cfg, tiny_predictor):
+    gate = threading.Event()
+    app = serve.create_app(cfg, predictor=GatedPredictor(tiny_predictor, gate), ready_wait_s=10)
+    with TestClient(app) as c, ThreadPoolExecutor(1) as pool:
+        early = pool.submit(c.post, "/predict", json={"text": "early bird"})
+        time.sleep(0.2)
+        assert not early.done()  # held, not refused
+        gate.set()
+        r = early.result(timeout=10)
+        assert r.status_code == 200, r.text
+        assert len(r.json()["predictions"]) == 1
+
+
+def test_a_model_that_fails_to_load_is_never_ready(cfg):
+    def loader():
+        raise ModelError("weights are corrupt")
+
+    with TestClient(serve.create_app(cfg, loader=loader)) as c:
+        deadline = time.monotonic() + 10
+        while c.get("/readyz").json()["status"] == "loading" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        r = c.get("/readyz")
+        assert r.status_code == 503
+        assert r.json()["status"] == "failed" and "weights are corrupt" in r.json()["detail"]
+        assert c.post("/predict", json={"text": "hello"}).status_code == 503
+        assert c.get("/healthz").status_code == 200
+
+
+def test_the_lifespan_loads_a_model_folder(tmp_path, tiny_model_dir):
+    cfg = serve_config(tmp_path / "log")
+    with TestClient(serve.create_app(cfg, model_uri=str(tiny_model_dir))) as c:
+        wait_ready(c)
+        model = c.get("/readyz").json()["model"]
+        assert model["name"] == "tiny" and model["version"].startswith("sha256:")
+        assert c.post("/predict", json={"text": "ok"}).json()["model"] == model
+
+
+def test_a_failing_forward_pass_is_a_500_and_counted(cfg, tiny_predictor):
+    class Broken(GatedPredictor):
+        calls = 0
+
+        def predict(self, texts):
+            Broken.calls += 1
+            if Broken.calls > 1:  # the warm-up passes, then the model breaks
+                raise RuntimeError("CUDA error: device lost")
+            return self.inner.predict(texts)
+
+    gate = threading.Event()
+    gate.set()
+    with TestClient(serve.create_app(cfg, predictor=Broken(tiny_predictor, gate))) as c:
+        wait_ready(c)
+        before = scrape(c)
+        r = c.post("/predict", json={"text": "hello"})
+        assert r.status_code == 500
+        assert "CUDA" not in r.text  # internals stay in the server log
+        after = scrape(c)
+    assert metric(after, "sent_prediction_failures_total") == metric(
+        before, "sent_prediction_failures_total") + 1
+
+
+# ---------------------------------------------------------------- metrics, schema, page
+
+
+def test_metrics_count_requests_labels_batches_and_model(client):
+    before = scrape(client)
+    texts = ["first review here", "second one", "third"]
+    r = client.post("/predict", json={"texts": texts})
+    labels = [p["label"] for p in r.json()["predictions"]]
+    client.post("/predict", json={"text": ""})
+    after = scrape(client)
+
+    def delta(name, **lab):
+        return metric(after, name, **lab) - metric(before, name, **lab)
+
+    for label in set(labels):
+        assert delta("sent_predictions_total", label=label) == labels.count(label)
+    assert delta("sent_request_texts_count") == 1 and delta("sent_request_texts_sum") == 3
+    assert delta("sent_input_chars_sum") == sum(map(len, texts))
+    assert delta("sent_batch_size_sum") == 3
+    assert delta("sent_forward_seconds_count") >= 1
+    assert delta("sent_predict_latency_seconds_count") == 1
+    assert delta("sent_rejected_requests_total", reason="invalid") == 1
+    assert delta("sent_http_requests_total", path="/predict", status_code="200") == 1
+    assert delta("sent_http_requests_total", path="/predict", status_code="422") == 1
+    assert delta("sent_http_request_duration_seconds_count", path="/predict") == 2
+    assert metric(after, "sent_model_info", name="tiny", version="7", quantized="false") == 1
+    assert client.get("/metrics").headers["content-type"].startswith("text/plain")
+
+
+def test_openapi_schema_matches_the_limits(client):
+    doc = client.get("/schema/openapi.json").json()
+    op = doc["paths"]["/predict"]["post"]
+    body = op["requestBody"]["content"]["application/json"]["schema"]
+    assert body["additionalProperties"] is False
+    assert body["minProperties"] == body["maxProperties"] == 1
+    assert body["properties"]["texts"]["maxItems"] == 8
+    item = body["properties"]["texts"]["items"]
+    assert item["maxLength"] == 200 and item["minLength"] == 1 and item["pattern"] == r"\S"
+    assert body["properties"]["text"]["maxLength"] == 200
+    assert {"200", "400", "413", "415", "422", "503"} <= set(op["responses"])
+    assert {"/healthz", "/readyz", "/metrics"} <= set(doc["paths"])
+    assert client.get("/schema").status_code == 200
+
+
+def test_the_page_is_self_contained(client):
+    r = client.get("/")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    html = r.text
+    assert 'id="review"' in html and "fetch(\"/predict\"" in html
+    assert 'maxlength="200"' in html  # the configured limit, not a placeholder
+    for external in ("http://", "https://", "//cdn", "src=\""):
+        assert external not in html
+    assert "default-src 'none'" in r.headers["content-security-policy"]
+
+
+# ---------------------------------------------------------------- schemathesis
+
+
+@pytest.fixture(scope="module")
+def api_schema(tmp_path_factory, tiny_predictor):
+    import schemathesis
+
+    cfg = serve_config(tmp_path_factory.mktemp("schemathesis-log"))
+    schema = schemathesis.openapi.from_asgi("/schema/openapi.json",
+                                            serve.create_app(cfg, predictor=tiny_predictor))
+    # The first call starts the app's lifespan; wait for the warm-up before testing.
+    deadline = time.monotonic() + 30
+    while schema["/readyz"]["GET"].Case().call().status_code != 200:
+        assert time.monotonic() < deadline, "the app never became ready"
+        time.sleep(0.05)
+    return schema
+
+
+# schemathesis.pytest.from_fixture breaks on pytest 9 (it reads Function._nodeid), so the
+# cases come from the schema's Hypothesis strategy: every operation, valid and invalid input.
+@pytest.mark.parametrize("mode", ["positive", "negative"])
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
+                                 HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_openapi_conformance(api_schema, mode, data):
+    from schemathesis import GenerationMode
+
+    case = data.draw(api_schema.as_strategy(GenerationMode(mode)))
+    case.call_and_validate()
+
+
+# ---------------------------------------------------------------- the batcher
+
+
+def _fake_prediction(text: str) -> Prediction:
+    return Prediction(label=text, label_id=0, score=1.0, probabilities={text: 1.0})
+
+
+def test_batcher_groups_concurrent_requests_up_to_the_batch_size():
+    batches: list[list[str]] = []
+
+    def predict(texts):
+        batches.append(list(texts))
+        time.sleep(0.01)
+        return [_fake_prediction(t) for t in texts]
+
+    async def main():
+        b = serve.Batcher(predict, max_batch_size=8, max_wait_ms=50)
+        b.start()
+        requests = [[f"r{i}-{j}" for j in range(1 + i % 3)] for i in range(20)]
+        results = await asyncio.gather(*(b.predict(r) for r in requests))
+        await b.stop()
+        return requests, results
+
+    requests, results = asyncio.run(main())
+    for req, res in zip(requests, results, strict=True):
+        assert [p.label for p in res] == req  # every request gets its own, in order
+    assert all(len(batch) <= 8 for batch in batches)
+    assert sum(map(len, batches)) == sum(map(len, requests))
+    assert len(batches) < len(requests)  # they were batched, not run one by one
+
+
+def test_batcher_runs_an_oversized_request_alone_and_keeps_the_loop_free():
+    batches: list[int] = []
+
+    def predict(texts):
+        batches.append(len(texts))
+        time.sleep(0.2)  # a slow forward pass on the worker thread
+        return [_fake_prediction(t) for t in texts]
+
+    async def main():
+        b = serve.Batcher(predict, max_batch_size=4, max_wait_ms=1)
+        b.start()
+        ticks = 0
+
+        async def heartbeat():
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        beat = asyncio.create_task(heartbeat())
+        big = await b.predict([f"t{i}" for i in range(10)])
+        beat.cancel()
+        await b.stop()
+        return big, ticks
+
+    big, ticks = asyncio.run(main())
+    assert batches == [10] and len(big) == 10
+    assert ticks >= 10  # the event loop kept running while the model worked
+
+
+def test_batcher_waits_at_most_max_wait_for_company():
+    def predict(texts):
+        return [_fake_prediction(t) for t in texts]
+
+    async def main():
+        b = serve.Batcher(predict, max_batch_size=32, max_wait_ms=30)
+        b.start()
+        start = time.perf_counter()
+        await b.predict(["alone"])
+        waited = time.perf_counter() - start
+        await b.stop()
+        return waited
+
+    waited = asyncio.run(main())
+    assert 0.025 <= waited < 1.0
+
+
+def test_batcher_skips_requests_whose_client_left():
+    seen: list[str] = []
+
+    def predict(texts):
+        seen.extend(texts)
+        return [_fake_prediction(t) for t in texts]
+
+    async def main():
+        b = serve.Batcher(predict, max_batch_size=32, max_wait_ms=100)
+        b.start()
+        gone = asyncio.create_task(b.predict(["gone"]))
+        await asyncio.sleep(0.01)
+        gone.cancel()
+        kept = await b.predict(["kept"])
+        await b.stop()
+        return kept
+
+    kept = asyncio.run(main())
+    assert [p.label for p in kept] == ["kept"] and seen[-1:] == ["kept"] and "gone" not in seen
+
+
+def test_batcher_passes_a_model_error_to_its_batch_and_carries_on():
+    calls = 0
+
+    def predict(texts):
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("out of memory")
+        return [_fake_prediction(t) for t in texts]
+
+    async def main():
+        b = serve.Batcher(predict, max_batch_size=8, max_wait_ms=20)
+        b.start()
+        failed = await asyncio.gather(b.predict(["a"]), b.predict(["b"]), return_exceptions=True)
+        later = await b.predict(["c"])
+        await b.stop()
+        return failed, later
+
+    failed, later = asyncio.run(main())
+    assert [type(r) for r in failed] == [RuntimeError, RuntimeError]
+    assert [p.label for p in later] == ["c"]
+
+
+# ---------------------------------------------------------------- the command line
+
+
+def _invoke(*args: str):
+    return CliRunner().invoke(cli_app, ["serve", "--profile", "tiny", *args])
+
+
+def test_cli_refuses_a_missing_model_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = _invoke("--model", str(tmp_path / "nope"))
+    assert result.exit_code == 1
+    assert result.output.strip().startswith("error:") and "nope" in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_cli_refuses_weights_that_do_not_match_their_hash(tmp_path, tiny_model_dir, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    tampered = tmp_path / "tampered"
+    shutil.copytree(tiny_model_dir, tampered)
+    weights = tampered / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # one flipped bit in the last weight
+    weights.write_bytes(bytes(data))
+    result = _invoke("--model", str(tampered))
+    assert result.exit_code == 1
+    assert "does not match" in result.output and "refusing to serve" in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_cli_rejects_a_bad_port(tmp_path, tiny_model_dir, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = _invoke("--model", str(tiny_model_dir), "--port", "70000")
+    assert result.exit_code != 0 and "serve.port" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_cli_help_names_the_options():
+    result = CliRunner().invoke(cli_app, ["serve", "--help"])
+    assert result.exit_code == 0
+    for option in ("--model", "--host", "--port", "--workers", "--quantize", "--no-verify-hash"):
+        assert option in result.output
+
+
+# ---------------------------------------------------------------- a real server and SIGTERM
+
+
+def _queued(url: str) -> float:
+    samples = {}
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=5).text):
+        for s in family.samples:
+            samples[s.name] = s.value
+    return samples.get("sent_queued_texts", 0.0)
+
+
+def test_sigterm_finishes_requests_in_flight_and_flushes_the_log(tmp_path, tiny_model_dir):
+    n = 12
+    texts = [f"in flight review {i}: " + "great " * i for i in range(n)]
+    # A long batching wait holds every request inside the server when SIGTERM arrives.
+    with running_server(tiny_model_dir, tmp_path, "--set", "serve.max_wait_ms=1500",
+                        "--set", "serve.max_batch_size=64") as server:
+
+        async def send_all():
+            async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+                tasks = [asyncio.create_task(http.post("/predict", json={"text": t}))
+                         for t in texts]
+                deadline = time.monotonic() + 10
+                while await asyncio.to_thread(_queued, server.url) < n:
+                    assert time.monotonic() < deadline, "requests never reached the batcher"
+                    await asyncio.sleep(0.02)
+                server.process.send_signal(signal.SIGTERM)
+                # The listener closes at once: new connections are refused while the
+                # requests already inside are still waiting for their batch.
+                deadline = time.monotonic() + 1.0
+                refused = False
+                while time.monotonic() < deadline and not refused:
+                    try:
+                        await asyncio.to_thread(httpx.get, f"{server.url}/healthz", timeout=0.5)
+                    except httpx.ConnectError:
+                        refused = True
+                    await asyncio.sleep(0.05)
+                return await asyncio.gather(*tasks), refused
+
+        responses, refused = asyncio.run(send_all())
+        code = server.process.wait(30)
+    # uvicorn re-raises the signal once shutdown is complete, so the parent sees "killed by TERM".
+    assert code in (0, -signal.SIGTERM), server.text()
+    assert "Application shutdown complete" in server.text()
+    assert refused, "the server kept accepting connections after SIGTERM"
+    assert [r.status_code for r in responses] == [200] * n
+    logged = predlog.read_predictions(server.log_dir)
+    assert sorted(r["text"] for r in logged) == sorted(texts)
+    assert "Traceback" not in server.text()
+
+
+@pytest.mark.slow
+def test_several_workers_share_metrics_and_the_log(tmp_path, tiny_model_dir):
+    texts = [f"worker review {i}" for i in range(40)]
+    with running_server(tiny_model_dir, tmp_path, "--workers", "2") as server:
+        # A new connection per request, several at once: both workers get some.
+        with ThreadPoolExecutor(8) as pool:
+            responses = list(pool.map(
+                lambda t: httpx.post(f"{server.url}/predict", json={"text": t}, timeout=60), texts))
+        families = {f.name: f for f in text_string_to_metric_families(
+            httpx.get(f"{server.url}/metrics").text)}
+        code = server.stop()
+    assert [r.status_code for r in responses] == [200] * len(texts), server.text()
+    logged = predlog.read_predictions(server.log_dir)
+    assert sorted(r["text"] for r in logged) == sorted(texts)
+    writers = {p.name.split("-")[2] for p in server.log_dir.glob("predictions-*.jsonl")}
+    assert len(writers) == 2, "one worker answered everything; the test proves nothing"
+    # Counts from both processes, added up (PROMETHEUS_MULTIPROC_DIR set by `sent serve`).
+    predicted = sum(s.value for s in families["sent_predictions"].samples
+                    if s.name == "sent_predictions_total")
+    assert predicted == len(texts)
+    assert code in (0, -signal.SIGTERM), server.text()

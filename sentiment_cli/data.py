@@ -393,7 +393,9 @@ class LengthBucketSampler:
         self.pool = batch_size * pool_batches
         self.epoch = 0
 
-    def set_epoch(self, epoch: int) -> None:
+    def use_epoch(self, epoch: int) -> None:
+        # Not named set_epoch on purpose: Accelerate calls set_epoch with its own iteration
+        # counter, which restarts at 0 after --resume and would replay epoch 0's order.
         self.epoch = epoch
 
     def batches(self) -> list[list[int]]:
@@ -441,8 +443,11 @@ class Collator:
 
 def dataloader(dataset: EncodedDataset, batch_size: int, pad_id: int, seed: int, shuffle: bool,
                bucketing: bool = True, num_workers: int = 0):
+    import torch
     from torch.utils.data import DataLoader
 
     sampler = LengthBucketSampler(dataset.lengths, batch_size, seed, shuffle=shuffle, bucketing=bucketing)
-    return DataLoader(dataset, batch_sampler=sampler, collate_fn=Collator(pad_id),
-                      num_workers=num_workers, pin_memory=False)
+    # A generator of its own: starting an epoch's iterator draws a seed from it, and drawing
+    # from the global RNG instead would shift dropout masks after --resume.
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=Collator(pad_id), num_workers=num_workers,
+                      pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(seed))

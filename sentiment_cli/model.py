@@ -45,23 +45,38 @@ def _hf_kwargs(revision: str | None = None) -> dict[str, Any]:
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int):
-    """A lowercase WordPiece tokenizer (BERT's recipe) trained on the given texts."""
+    """A lowercase WordPiece tokenizer (BERT's recipe) built from the given texts.
+
+    The vocabulary is the special tokens, every character seen (alone and as a "##" suffix
+    piece), then whole words by frequency, ties broken alphabetically: the same texts always
+    give the same tokenizer, which --resume and reproducible runs rely on. (The tokenizers
+    library's WordPiece trainer breaks ties in hash order, so it differs between processes.)
+    """
+    from collections import Counter
+
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-    from tokenizers.trainers import WordPieceTrainer
     from transformers import PreTrainedTokenizerFast
 
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    pre = pre_tokenizers.BertPreTokenizer()
+    words: Counter[str] = Counter()
+    for text in texts:
+        words.update(w for w, _ in pre.pre_tokenize_str(normalizer.normalize_str(text)))
+    chars = sorted({c for w in words for c in w})
+    vocab_list = specials + chars + [f"##{c}" for c in chars]
+    room = max(vocab_size - len(vocab_list), 0)
+    seen = set(vocab_list)
+    ranked = sorted((w for w in words if w not in seen), key=lambda w: (-words[w], w))
+    vocab_list += ranked[:room]
+    tok = Tokenizer(models.WordPiece(vocab={t: i for i, t in enumerate(vocab_list)}, unk_token="[UNK]"))
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre
     tok.decoder = decoders.WordPiece()
-    trainer = WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
-    tok.train_from_iterator(list(texts), trainer=trainer)
-    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
         pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+        special_tokens=[("[CLS]", 2), ("[SEP]", 3)],
     )
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,

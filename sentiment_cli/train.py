@@ -245,7 +245,7 @@ def _loop(cfg, accelerator, net, optimizer, scheduler, train_dl, val_dl, sampler
     net.train()
     try:
         while state.epoch < t.epochs and not done:
-            sampler.set_epoch(state.epoch)
+            sampler.use_epoch(state.epoch)
             loader = accelerator.skip_first_batches(train_dl, state.batch_in_epoch) if state.batch_in_epoch else train_dl
             tick = time.perf_counter()
             for batch in loader:

@@ -1,0 +1,153 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from sentiment_cli import config, model
+from sentiment_cli.cli import app
+
+from conftest import FAST
+
+
+def _mlflow_client(root: Path):
+    import mlflow
+
+    return mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+
+
+def test_pipeline_writes_a_self_describing_model(pipeline):
+    folder = pipeline / "models" / "candidate"
+    meta = model.read_meta(folder)
+    assert meta["labels"] == ["neg", "pos"]
+    assert meta["config"]["model"]["name"] == "scratch"
+    assert meta["data_sha256"] == json.loads((pipeline / "data/processed/meta.json").read_text())["sha256"]
+    assert meta["weights_sha256"] == model.weights_sha256(folder)
+    assert 0.0 <= meta["metrics"]["val_accuracy"] <= 1.0
+    train = json.loads((pipeline / "metrics" / "train.json").read_text())
+    assert train["mlflow_run_id"] == meta["mlflow_run_id"]
+    assert train["train_samples_per_second"] > 0 and train["epochs_run"] == 1
+    # loads without importing training code, with its own tokenizer and labels
+    pred = model.Predictor.from_folder(folder)
+    assert pred.labels == ["neg", "pos"]
+
+
+def test_pipeline_is_tracked_in_mlflow(pipeline):
+    client = _mlflow_client(pipeline)
+    run_id = model.read_meta(pipeline / "models" / "candidate")["mlflow_run_id"]
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["sent.kind"] == "train"
+    assert run.data.params["train.lr"] == "0.002" and run.data.params["model.name"] == "scratch"
+    assert run.data.params["data.sha256"]
+    for key in ("val_loss", "val_accuracy", "val_f1", "train_samples_per_second",
+                "test_accuracy", "test_f1", "test_precision", "test_recall", "test_loss"):
+        assert key in run.data.metrics, key
+    losses = client.get_metric_history(run_id, "train_loss")
+    assert len(losses) >= 3 and [m.step for m in losses] == sorted(m.step for m in losses)
+    assert client.get_metric_history(run_id, "learning_rate")
+    artifacts = {a.path for a in client.list_artifacts(run_id, "model")}
+    assert "model/model.safetensors" in artifacts and "model/sent.json" in artifacts
+    assert {a.path for a in client.list_artifacts(run_id, "eval")} >= {"eval/eval.json", "eval/reference.json"}
+
+
+def test_eval_outputs(pipeline):
+    ev = json.loads((pipeline / "metrics" / "eval.json").read_text())
+    assert ev["n"] == 1066 and ev["split"] == "test"
+    for key in ("accuracy", "f1", "precision", "recall", "loss"):
+        assert 0.0 <= ev[key] and (key == "loss" or ev[key] <= 1.0)
+    cm = ev["confusion_matrix"]
+    assert sum(map(sum, cm)) == 1066 and ev["accuracy"] == pytest.approx((cm[0][0] + cm[1][1]) / 1066)
+    ref = json.loads((pipeline / "metrics" / "reference.json").read_text())
+    assert sum(ref["predicted_label_distribution"].values()) == pytest.approx(1.0)
+    assert len(ref["samples"]["confidence"]) == 1066 and ref["text_length_chars"]["mean"] > 10
+    reports = pipeline / "reports"
+    assert (reports / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
+    assert (reports / "confusion_matrix.csv").read_text().startswith("actual,predicted\n")
+    mis = pd.read_csv(reports / "misclassified.csv")
+    wrong = 1066 - cm[0][0] - cm[1][1]
+    assert list(mis.columns) == ["text", "actual", "predicted", "confidence"] and len(mis) == min(wrong, 200)
+    assert (mis["actual"] != mis["predicted"]).all()
+    assert mis["confidence"].is_monotonic_decreasing  # the most confident mistakes first
+
+
+def _run_sent(args, cwd, env):
+    return subprocess.Popen([sys.executable, "-m", "sentiment_cli.cli", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _env(root: Path) -> dict:
+    return {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}", "OMP_NUM_THREADS": "1"}
+
+
+@pytest.mark.slow
+def test_kill_and_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
+    sets = [a for s in [*FAST, "train.epochs=2"] for a in ("--set", s)]
+    args = ["--profile", "tiny", *sets]
+    dirs = {name: tmp_path / name for name in ("straight", "resumed")}
+    for d in dirs.values():
+        d.mkdir()
+        assert _run_sent(["fetch", *args], d, _env(d)).wait(120) == 0
+    straight = _run_sent(["train", *args], dirs["straight"], _env(dirs["straight"]))
+
+    d = dirs["resumed"]
+    victim = _run_sent(["train", *args], d, _env(d))
+    deadline = time.monotonic() + 240
+    while not list((d / "checkpoints").glob("step-000000[1-9]*")) and victim.poll() is None:
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait(30)
+    assert not (d / "models" / "candidate").exists()  # killed before the end: nothing half-written
+    run_id = json.loads(sorted((d / "checkpoints").glob("step-*/sent_state.json"))[-1].read_text())["run_id"]
+
+    resumed = _run_sent(["train", "--resume", *args], d, _env(d))
+    out, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, out
+    assert straight.wait(300) == 0
+
+    a = load_file(dirs["straight"] / "models/candidate/model.safetensors")
+    b = load_file(d / "models/candidate/model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert (a[key] == b[key]).all(), f"{key} differs after resume"
+    assert model.read_meta(d / "models/candidate")["mlflow_run_id"] == run_id  # the same MLflow run
+    assert _mlflow_client(d).get_run(run_id).info.status == "FINISHED"
+
+
+def test_resume_without_checkpoints_is_a_clear_error(workdir):
+    runner = CliRunner()
+    assert runner.invoke(app, ["fetch", "--profile", "tiny"]).exit_code == 0
+    result = runner.invoke(app, ["train", "--profile", "tiny", "--resume"])
+    assert result.exit_code == 1
+    assert "no complete checkpoint" in result.output and "Traceback" not in result.output
+
+
+def test_train_without_data_is_a_clear_error(workdir):
+    result = CliRunner().invoke(app, ["train", "--profile", "tiny"])
+    assert result.exit_code == 1
+    assert "run `sent fetch` first" in result.output
+
+
+def test_max_steps_and_early_stopping_bound_training(workdir):
+    runner = CliRunner()
+    sets = [a for s in [*FAST, "train.epochs=5", "train.max_steps=7"] for a in ("--set", s)]
+    assert runner.invoke(app, ["fetch", "--profile", "tiny", *sets]).exit_code == 0
+    result = runner.invoke(app, ["train", "--profile", "tiny", *sets])
+    assert result.exit_code == 0, result.output
+    train = json.loads(Path("metrics/train.json").read_text())
+    assert train["global_step"] == 7 and train["epochs_run"] == 1
+    cfg = config.load("tiny", [*FAST[:1], "train.epochs=6", "train.early_stopping_patience=1",
+                               "train.lr=1e-9", "train.warmup_ratio=0"])
+    from sentiment_cli import train as step
+
+    step.run(cfg)  # a learning rate this small cannot improve val accuracy after epoch 1
+    train = json.loads(Path("metrics/train.json").read_text())
+    assert train["epochs_run"] == 2 and train["best_epoch"] == 1

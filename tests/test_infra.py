@@ -254,7 +254,8 @@ def test_dvc_code_deps_cover_what_each_step_imports(dvc_yaml: dict) -> None:
                for m in _sent_imports(node)}
     for name, stage in dvc_yaml["stages"].items():
         step = _sent_imports(ast.parse(inspect.getsource(callbacks[name]).strip()))
-        needed = {"cli", "__init__"} | _closure(cli_top | step)
+        # cli.py itself is not a dep (it only dispatches); what it loads for every command is
+        needed = {"__init__"} | _closure(cli_top | step)
         listed = {Path(d).stem for d in _paths(stage["deps"]) if d.startswith(PACKAGE + "/")
                   and d.endswith(".py")}
         missing = sorted(f"{PACKAGE}/{m}.py" for m in needed - listed)

@@ -82,6 +82,7 @@ class Train:
     keep_checkpoints: int = MISSING
     num_workers: int = MISSING
     compile: bool = MISSING
+    cuda_graphs: bool = MISSING
 
 
 @dataclass
@@ -92,6 +93,7 @@ class Eval:
 
 @dataclass
 class Tracking:
+    enabled: bool = MISSING
     tracking_uri: str = MISSING
     experiment: str = MISSING
     registered_model: str = MISSING

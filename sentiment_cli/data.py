@@ -421,33 +421,42 @@ class LengthBucketSampler:
 
 
 class Collator:
-    """Pads a batch to its longest sequence (rounded up to a multiple of 8 for tensor cores)."""
+    """Pads a batch to its longest sequence, rounded up to a multiple (8 suits tensor cores).
 
-    def __init__(self, pad_id: int, multiple: int = 8):
+    With fixed_batch set (CUDA graphs need a few fixed shapes), a short last batch is filled up
+    with one-token dummy rows whose label -100 the loss ignores. "num_samples" counts real rows.
+    """
+
+    def __init__(self, pad_id: int, multiple: int = 8, fixed_batch: int | None = None):
         self.pad_id = pad_id
         self.multiple = multiple
+        self.fixed_batch = fixed_batch
 
     def __call__(self, items: list[tuple[list[int], int]]) -> dict[str, Any]:
         import torch
 
+        rows = max(len(items), self.fixed_batch or 0)
         longest = max(len(ids) for ids, _ in items)
         width = -(-longest // self.multiple) * self.multiple
-        ids = torch.full((len(items), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(items), width), dtype=torch.long)
-        for row, (seq, _) in enumerate(items):
+        ids = torch.full((rows, width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((rows, width), dtype=torch.long)
+        mask[len(items):, 0] = 1  # dummy rows see one token: no all-masked attention row
+        labels = torch.full((rows,), -100, dtype=torch.long)
+        for row, (seq, label) in enumerate(items):
             ids[row, :len(seq)] = torch.tensor(seq, dtype=torch.long)
             mask[row, :len(seq)] = 1
-        labels = torch.tensor([label for _, label in items], dtype=torch.long)
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+            labels[row] = label
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels, "num_samples": len(items)}
 
 
 def dataloader(dataset: EncodedDataset, batch_size: int, pad_id: int, seed: int, shuffle: bool,
-               bucketing: bool = True, num_workers: int = 0):
+               bucketing: bool = True, num_workers: int = 0, fixed_shapes: bool = False):
     import torch
     from torch.utils.data import DataLoader
 
     sampler = LengthBucketSampler(dataset.lengths, batch_size, seed, shuffle=shuffle, bucketing=bucketing)
     # A generator of its own: starting an epoch's iterator draws a seed from it, and drawing
     # from the global RNG instead would shift dropout masks after --resume.
-    return DataLoader(dataset, batch_sampler=sampler, collate_fn=Collator(pad_id), num_workers=num_workers,
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
+                      collate_fn=Collator(pad_id, 16, batch_size) if fixed_shapes else Collator(pad_id),
                       pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(seed))

@@ -127,10 +127,17 @@ def run(cfg, model_dir: Path | None = None, split: str = "test") -> Path:
 
 def _log_to_mlflow(cfg, result: dict, split: str, files: list[Path]) -> None:
     run_id = result.get("mlflow_run_id")
+    if not cfg.mlflow.enabled:
+        return
     if not run_id:
         print("note: the model has no MLflow run id (not trained by sent train); metrics not logged to MLflow")
         return
-    run = registry.get_run(cfg, run_id)
+    try:
+        run = registry.get_run(cfg, run_id)
+    except registry.RegistryError:
+        # e.g. a model pulled with `dvc pull` onto a machine with another tracking store
+        print(f"note: MLflow run {run_id} is not in {registry.tracking_uri(cfg)}; metrics not logged to MLflow")
+        return
     with registry.run(cfg, run_id=run.info.run_id):
         registry.log_metrics({f"{split}_{k}": result[k] for k in ("accuracy", "f1", "precision", "recall", "loss")})
         for path in files:

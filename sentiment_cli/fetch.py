@@ -7,7 +7,6 @@ Writes: paths.data_dir/{train,validation,test}.parquet and meta.json.
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
 from pathlib import Path
 
 from sentiment_cli import __version__, config, data
@@ -32,7 +31,6 @@ def run(cfg) -> Path:
             "overlap_with_train": report.overlap_with_train,
         },
         "data_config": config.to_dict(cfg)["data"],
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "sent_version": __version__,
     }
     out = data.write(splits, Path(cfg.paths.data_dir), meta)

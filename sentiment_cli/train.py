@@ -83,7 +83,7 @@ def _load_checkpoint(accelerator, root: Path) -> State | None:
 # ---------------------------------------------------------------- pieces of the recipe
 
 
-def _optimizer(net, cfg, fused: bool):
+def _optimizer(net, cfg, fused: bool, capturable: bool = False):
     import torch
 
     decay, no_decay = [], []
@@ -93,6 +93,11 @@ def _optimizer(net, cfg, fused: bool):
         (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.train.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
+    if capturable:  # a graph reads the learning rate from a tensor the scheduler fills in place
+        device = next(net.parameters()).device
+        for g in groups:
+            g["lr"] = torch.tensor(cfg.train.lr, device=device)
+        return torch.optim.AdamW(groups, lr=cfg.train.lr, fused=True, capturable=True)
     return torch.optim.AdamW(groups, lr=cfg.train.lr, fused=fused)
 
 
@@ -157,6 +162,101 @@ class Progress:
             self.bar.stop()
 
 
+class GraphedStep:
+    """One training step (forward, backward, clipping, optimizer) replayed as a CUDA graph.
+
+    At batch 32 a step is mostly kernel-launch and Python overhead; replaying a captured graph
+    removes it. Batches come in a few fixed shapes (Collator with fixed_batch, lengths rounded to
+    16), one graph each, captured the first time a shape appears: a few warm-up steps on a side
+    stream, then the capture, then parameters, optimizer state and the RNG are put back exactly
+    as before, so capturing changes nothing but speed. One GPU only (no DDP), no fp16 scaler,
+    no gradient accumulation: run() checks this and otherwise uses the eager loop.
+    """
+
+    def __init__(self, net, optimizer, max_grad_norm: float, dtype, warmup: int = 3):
+        import torch
+
+        self.torch = torch
+        self.net = net
+        self.optimizer = optimizer
+        self.params = [p for p in net.parameters() if p.requires_grad]
+        self.max_grad_norm = max_grad_norm
+        self.dtype = dtype
+        self.warmup = warmup
+        self.graphs: dict[tuple[int, ...], tuple[Any, dict, Any]] = {}
+        self.stream = torch.cuda.Stream()
+
+    def _body(self, static: dict):
+        torch = self.torch
+        with torch.autocast("cuda", dtype=self.dtype, enabled=self.dtype is not None, cache_enabled=False):
+            loss = self.net(**static).loss
+        loss.backward()
+        if self.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm, foreach=True)
+        self.optimizer.step()
+        return loss.detach()
+
+    def _snapshot(self):
+        params = [p.detach().clone() for p in self.params]
+        state = {id(p): {k: v.clone() for k, v in st.items() if self.torch.is_tensor(v)}
+                 for p, st in self.optimizer.state.items()}
+        return params, state
+
+    def _restore(self, snapshot) -> None:
+        params, state = snapshot
+        with self.torch.no_grad():
+            for p, saved in zip(self.params, params, strict=True):
+                p.copy_(saved)
+            for p, st in self.optimizer.state.items():
+                saved_state = state.get(id(p))
+                for k, v in st.items():
+                    if self.torch.is_tensor(v):
+                        v.copy_(saved_state[k]) if saved_state else v.zero_()  # fresh AdamW state is zeros
+
+    def _capture(self, batch: dict):
+        torch = self.torch
+        static = {k: v.clone() for k, v in batch.items()}
+        snapshot = self._snapshot()
+        rng = torch.cuda.get_rng_state()
+        self.stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self.stream):
+            for _ in range(self.warmup):
+                self.optimizer.zero_grad(set_to_none=True)
+                self._body(static)
+        torch.cuda.current_stream().wait_stream(self.stream)
+        self.optimizer.zero_grad(set_to_none=True)  # grads become the graph's own static tensors
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            loss = self._body(static)
+        torch.cuda.synchronize()
+        self._restore(snapshot)
+        torch.cuda.set_rng_state(rng)
+        return graph, static, loss
+
+    def __call__(self, batch: dict):
+        key = tuple(batch["input_ids"].shape)
+        if key not in self.graphs:
+            self.graphs[key] = self._capture(batch)
+        graph, static, loss = self.graphs[key]
+        for k, v in static.items():
+            v.copy_(batch[k], non_blocking=True)
+        graph.replay()
+        return loss
+
+
+def _graphs_usable(cfg, accelerator) -> str | None:
+    """Why CUDA graphs cannot be used here, or None when they can."""
+    t = cfg.train
+    reasons = [
+        (accelerator.device.type != "cuda", "no CUDA device"),
+        (accelerator.num_processes > 1, "more than one process (DDP)"),
+        (t.mixed_precision == "fp16", "fp16 needs a loss scaler"),
+        (t.grad_accum_steps > 1, "gradient accumulation"),
+        (t.compile, "train.compile is on"),
+    ]
+    return next((why for bad, why in reasons if bad), None)
+
+
 # ---------------------------------------------------------------- the recipe
 
 
@@ -194,8 +294,12 @@ def run(cfg, resume: bool = False) -> Path:
     train_ds = data.EncodedDataset(tokenizer, splits["train"]["text"], splits["train"]["label"], cfg.model.max_length)
     val_ds = data.EncodedDataset(tokenizer, splits["validation"]["text"], splits["validation"]["label"],
                                  cfg.model.max_length)
+    no_graphs = _graphs_usable(cfg, accelerator) if t.cuda_graphs else "train.cuda_graphs is off"
+    if t.cuda_graphs and no_graphs and main:
+        print(f"note: CUDA graphs not used: {no_graphs}", flush=True)
+    use_graphs = no_graphs is None
     train_dl = data.dataloader(train_ds, t.batch_size, pad_id, cfg.seed, shuffle=True,
-                               bucketing=t.length_bucketing, num_workers=t.num_workers)
+                               bucketing=t.length_bucketing, num_workers=t.num_workers, fixed_shapes=use_graphs)
     val_dl = data.dataloader(val_ds, t.eval_batch_size, pad_id, cfg.seed, shuffle=False,
                              num_workers=t.num_workers)
     sampler = train_dl.batch_sampler
@@ -203,29 +307,37 @@ def run(cfg, resume: bool = False) -> Path:
     # model, optimizer, schedule
     steps_per_epoch = math.ceil(len(train_dl) / accelerator.num_processes / t.grad_accum_steps)
     total_steps = steps_per_epoch * t.epochs if t.max_steps < 0 else min(t.max_steps, steps_per_epoch * t.epochs)
-    optimizer = _optimizer(net, cfg, fused=accelerator.device.type == "cuda")
+    if use_graphs:
+        net.to(accelerator.device)  # the optimizer's state and lr tensors live beside the weights
+    optimizer = _optimizer(net, cfg, fused=accelerator.device.type == "cuda", capturable=use_graphs)
     scheduler = _scheduler(optimizer, cfg, total_steps)
     net, optimizer, train_dl, val_dl, scheduler = accelerator.prepare(net, optimizer, train_dl, val_dl, scheduler)
     if t.compile:
         net = torch.compile(net, dynamic=True)
+    graphed = None
+    if use_graphs:
+        dtype = {"bf16": torch.bfloat16, "no": None}[t.mixed_precision]
+        raw = accelerator.unwrap_model(net, keep_fp32_wrapper=False)  # GraphedStep autocasts itself
+        graphed = GraphedStep(raw, optimizer.optimizer, t.max_grad_norm, dtype)
 
     state = State()
     if resume:
         state = _load_checkpoint(accelerator, ckpt_root) or state
 
     resolved = config.to_dict(cfg)
+    tracking = main and cfg.mlflow.enabled
     run_ctx = registry.run(cfg, run_id=state.run_id, run_name=f"train-{cfg.model.name.split('/')[-1]}",
-                           tags={"sent.kind": "train", "sent.version": __version__}) if main else None
+                           tags={"sent.kind": "train", "sent.version": __version__}) if tracking else None
     active = run_ctx.__enter__() if run_ctx else None
     try:
-        if main:
+        if tracking:
             if state.run_id is None:
                 state.run_id = active.info.run_id
                 registry.log_params({**config.flatten(cfg), "data.sha256": data_meta["sha256"],
                                      "world_size": accelerator.num_processes, "total_steps": total_steps})
             print(f"MLflow run {state.run_id} at {registry.tracking_uri(cfg)}", flush=True)
         state = _loop(cfg, accelerator, net, optimizer, scheduler, train_dl, val_dl, sampler, labels, state,
-                      total_steps, ckpt_root, tokenizer)
+                      total_steps, ckpt_root, tokenizer, graphed, tracking)
         return _finish(cfg, accelerator, net, tokenizer, labels, state, data_meta, resolved)
     finally:
         if run_ctx:
@@ -233,7 +345,7 @@ def run(cfg, resume: bool = False) -> Path:
 
 
 def _loop(cfg, accelerator, net, optimizer, scheduler, train_dl, val_dl, sampler, labels, state: State,
-          total_steps: int, ckpt_root: Path, tokenizer) -> State:
+          total_steps: int, ckpt_root: Path, tokenizer, graphed: GraphedStep | None, tracking: bool) -> State:
     import torch
 
     t = cfg.train
@@ -249,16 +361,21 @@ def _loop(cfg, accelerator, net, optimizer, scheduler, train_dl, val_dl, sampler
             loader = accelerator.skip_first_batches(train_dl, state.batch_in_epoch) if state.batch_in_epoch else train_dl
             tick = time.perf_counter()
             for batch in loader:
-                with accelerator.accumulate(net):
-                    loss = net(**batch).loss
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients and t.max_grad_norm > 0:
-                        accelerator.clip_grad_norm_(net.parameters(), t.max_grad_norm)
-                    optimizer.step()
+                n_real = batch.pop("num_samples")
+                if graphed is not None:
+                    loss = graphed(batch)
                     scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
+                else:
+                    with accelerator.accumulate(net):
+                        loss = net(**batch).loss
+                        accelerator.backward(loss)
+                        if accelerator.sync_gradients and t.max_grad_norm > 0:
+                            accelerator.clip_grad_norm_(net.parameters(), t.max_grad_norm)
+                        optimizer.step()
+                        scheduler.step()
+                        optimizer.zero_grad(set_to_none=True)
                 state.batch_in_epoch += 1
-                state.samples_seen += batch["labels"].shape[0] * accelerator.num_processes
+                state.samples_seen += n_real * accelerator.num_processes
                 running_loss += loss.detach()
                 running_n += 1
                 if not accelerator.sync_gradients:
@@ -269,7 +386,7 @@ def _loop(cfg, accelerator, net, optimizer, scheduler, train_dl, val_dl, sampler
                     lr = scheduler.get_last_lr()[0]
                     elapsed = state.train_seconds + time.perf_counter() - tick
                     speed = state.samples_seen / elapsed if elapsed > 0 else 0.0
-                    if main:
+                    if tracking:
                         registry.log_metrics({"train_loss": loss_value, "learning_rate": lr,
                                               "train_samples_per_second": speed}, step=state.global_step)
                     progress.update(state.global_step, f"epoch {state.epoch + 1} loss {loss_value:.4f} "
@@ -287,8 +404,9 @@ def _loop(cfg, accelerator, net, optimizer, scheduler, train_dl, val_dl, sampler
             scores = validate(accelerator, net, val_dl, labels)
             state.history.append({"epoch": state.epoch + 1, **scores})
             improved = scores["val_accuracy"] > state.best_score
-            if main:
+            if tracking:
                 registry.log_metrics(scores, step=state.global_step)
+            if main:
                 progress.message(f"epoch {state.epoch + 1}: val_loss {scores['val_loss']:.4f} "
                                  f"val_accuracy {scores['val_accuracy']:.4f} val_f1 {scores['val_f1']:.4f}"
                                  + (" (best)" if improved else ""))
@@ -353,12 +471,13 @@ def _finish(cfg, accelerator, net, tokenizer, labels, state: State, data_meta: d
     model.save(out, best_model, tokenizer, meta)
     model.write_json_atomic(Path(cfg.paths.metrics_dir) / "train.json",
                             {**summary, "mlflow_run_id": state.run_id, "model_dir": str(out)})
-    registry.log_metrics({"best_val_accuracy": state.best_score, "train_samples_per_second": speed,
-                          "train_runtime_seconds": state.train_seconds})
-    if cfg.mlflow.log_model:
-        registry.log_model_folder(out, state.run_id)
-    registry.set_run_tags(cfg, state.run_id, {"sent.model_dir": str(out.resolve()),
-                                              "weights_sha256": model.read_meta(out)["weights_sha256"]})
+    if cfg.mlflow.enabled:
+        registry.log_metrics({"best_val_accuracy": state.best_score, "train_samples_per_second": speed,
+                              "train_runtime_seconds": state.train_seconds})
+        if cfg.mlflow.log_model:
+            registry.log_model_folder(out, state.run_id)
+        registry.set_run_tags(cfg, state.run_id, {"sent.model_dir": str(out.resolve()),
+                                                  "weights_sha256": model.read_meta(out)["weights_sha256"]})
     print(f"wrote {out} (best epoch {state.best_epoch}, val_accuracy {state.best_score:.4f}, "
           f"{speed:,.0f} samples/s)", flush=True)
     return out

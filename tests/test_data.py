@@ -190,7 +190,7 @@ def test_collator_pads_to_multiple_of_eight():
     batch = data.Collator(pad_id=0)([([5, 6, 7], 1), ([5] * 10, 0)])
     assert batch["input_ids"].shape == (2, 16)
     assert batch["attention_mask"].sum().item() == 13
-    assert batch["labels"].tolist() == [1, 0]
+    assert batch["labels"].tolist() == [1, 0] and batch["num_samples"] == 2
     assert batch["input_ids"][0, 3:].eq(0).all()
 
 
@@ -198,3 +198,10 @@ def test_hf_source_offline_fails_clearly(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     with pytest.raises(DataError, match="cannot load Hugging Face dataset"):
         data.prepare(cfg_for(tmp_path, "hf:rotten_tomatoes"))
+
+
+def test_collator_fixed_shapes_pads_rows_the_loss_ignores():
+    batch = data.Collator(pad_id=0, multiple=16, fixed_batch=4)([([5, 6, 7], 1), ([5] * 17, 0)])
+    assert batch["input_ids"].shape == (4, 32) and batch["num_samples"] == 2
+    assert batch["labels"].tolist() == [1, 0, -100, -100]
+    assert batch["attention_mask"][2:].sum(dim=1).tolist() == [1, 1]  # never an all-masked row

@@ -142,6 +142,61 @@ def serve(
                           quantize=quantize, verify_hash=verify_hash))
 
 
+PROMOTE_HELP = (
+    "Register a candidate model and make it @champion if it beats the champion.\n\n"
+    "The candidate wins when its promote.metric (test_accuracy by default: run `sent eval` "
+    "first) beats the champion's by more than promote.min_improvement. The first model "
+    "becomes champion. See docs/registry.md.\n\n"
+    "Exit status: 0 promoted (or already champion, rolled back, listed); 3 the champion was "
+    "kept; 1 error; 2 bad usage."
+)
+
+
+@app.command(help=PROMOTE_HELP)
+def promote(
+    profile: ProfileOpt = "cpu",
+    set_: SetOpt = None,
+    run_id: Annotated[str | None, typer.Option(
+        "--run-id", help="Register this MLflow run's model (default: the last training run).",
+    )] = None,
+    model_dir: Annotated[Path | None, typer.Option(
+        "--model-dir", help="Register a model folder: logged to an MLflow run of its own first.",
+    )] = None,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Make the candidate champion even if it does not win.",
+    )] = False,
+    rollback: Annotated[bool, typer.Option(
+        "--rollback", help="Point the alias back at the previous champion (repeat: further back).",
+    )] = False,
+    list_: Annotated[bool, typer.Option(
+        "--list", help="Show the registered versions: scores, aliases, created, run.",
+    )] = False,
+) -> None:
+    """Register a candidate model and move @champion to it if it wins (see PROMOTE_HELP)."""
+    from sentiment_cli import promote as step
+
+    given = (("--run-id", run_id is not None), ("--model-dir", model_dir is not None),
+             ("--rollback", rollback), ("--list", list_))
+    chosen = [flag for flag, on in given if on]
+    if len(chosen) > 1:
+        fail(f"{' and '.join(chosen)} cannot be combined", EXIT_USAGE)
+    if force and (rollback or list_):
+        fail(f"--force does nothing with {chosen[0]}", EXIT_USAGE)
+    cfg = load_config(profile, set_)
+    if list_:
+        from rich.console import Console
+
+        table = _run(lambda: step.list_versions(cfg))
+        Console(width=None if sys.stdout.isatty() else 160).print(table)
+        return
+    if rollback:
+        outcome = _run(lambda: step.rollback(cfg))
+    else:
+        outcome = _run(lambda: step.run(cfg, run_id=run_id, model_dir=model_dir, force=force))
+    typer.echo(outcome.summary())
+    raise typer.Exit(outcome.exit_code)
+
+
 def main() -> None:
     try:
         app()

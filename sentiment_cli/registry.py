@@ -202,3 +202,218 @@ def resolve_model(cfg, uri: str, dst: str | Path | None = None, verify_hash: boo
             raise RegistryError(f"{name} version {mv.version}: weights sha256 {actual[:12]}… does not "
                                 f"match the registry tag {expected[:12]}…; refusing to serve")
     return folder, info
+
+
+# ---------------------------------------------------------------- Model Registry: versions, aliases
+#
+# Written for `sent promote`. Every call goes through _retry: a SQLite store shared by several
+# processes answers "database is locked" while another one writes, and two writers of one tag
+# can collide; both are worth waiting out.
+
+LOCK_RETRY_SECONDS = 60.0
+LOCK_TIMEOUT_SECONDS = 300.0
+
+
+_TRANSIENT = (
+    "database is locked", "database table is locked",  # SQLite: another process is writing
+    "expected to update",  # a row changed between MLflow's read and its update (StaleDataError)
+    "unique constraint failed",  # two writers inserted the same tag at once; the retry updates it
+)
+
+
+def _is_locked(exc: BaseException) -> bool:
+    """Contention worth retrying: SQLite busy, or two writers colliding on one row."""
+    if getattr(exc, "error_code", None) == "RESOURCE_ALREADY_EXISTS":
+        return False
+    text = str(exc).lower()
+    return any(t in text for t in _TRANSIENT)
+
+
+def _code(exc: BaseException) -> str | None:
+    return getattr(exc, "error_code", None)
+
+
+def _retry(call, what: str):
+    """call(); SQLite lock contention is retried with jittered backoff, other errors become
+    RegistryError (one line). MLflow "not found" errors keep their error_code via __cause__."""
+    import random
+    import time
+
+    deadline = time.monotonic() + LOCK_RETRY_SECONDS
+    delay = 0.05
+    while True:
+        try:
+            return call()
+        except Exception as exc:  # MlflowException, sqlalchemy's OperationalError, OSError
+            if _is_locked(exc) and time.monotonic() < deadline:
+                time.sleep(delay * random.uniform(1.0, 2.0))
+                delay = min(delay * 2, 1.0)
+                continue
+            if isinstance(exc, RegistryError):
+                raise
+            if not isinstance(exc, _mlflow_errors()) and not _is_locked(exc):
+                raise
+            err = RegistryError(f"{what}: {_first_line(exc)}")
+            err.error_code = _code(exc)  # type: ignore[attr-defined]
+            raise err from exc
+
+
+def _missing(exc: RegistryError) -> bool:
+    return getattr(exc, "error_code", None) == "RESOURCE_DOES_NOT_EXIST"
+
+
+def latest_train_run(cfg, scan: int = 50):
+    """The newest finished run tagged sent.kind=train in cfg.mlflow.experiment that has a model
+    artifact, or None."""
+    c = client(cfg)
+    exp = _retry(lambda: c.get_experiment_by_name(cfg.mlflow.experiment),
+                 f"MLflow at {tracking_uri(cfg)}")
+    if exp is None:
+        return None
+    runs = _retry(lambda: c.search_runs(
+        [exp.experiment_id], "tags.`sent.kind` = 'train' and attributes.status = 'FINISHED'",
+        max_results=scan, order_by=["attributes.start_time DESC"]), "searching training runs")
+    for r in runs:
+        if has_model_artifact(cfg, r.info.run_id):
+            return r
+    return None
+
+
+def has_model_artifact(cfg, run_id: str) -> bool:
+    c = client(cfg)
+    files = _retry(lambda: c.list_artifacts(run_id, MODEL_ARTIFACT),
+                   f"listing artifacts of run {run_id}")
+    return bool(files)
+
+
+def model_source(run) -> str:
+    """Where a run's model folder lives: the source of the model versions made from it."""
+    return f"{run.info.artifact_uri.rstrip('/')}/{MODEL_ARTIFACT}"
+
+
+def registered_model(cfg, name: str, create: bool = False):
+    """The RegisteredModel (aliases, tags) or None; create=True makes it when missing."""
+    c = client(cfg)
+    where = f"registered model {name!r} at {tracking_uri(cfg)}"
+    try:
+        return _retry(lambda: c.get_registered_model(name), where)
+    except RegistryError as exc:
+        if not _missing(exc):
+            raise
+    if not create:
+        return None
+    try:
+        _retry(lambda: c.create_registered_model(
+            name, description="Sentiment classifier versions registered by `sent promote`."),
+            f"creating {where}")
+    except RegistryError as exc:
+        if getattr(exc, "error_code", None) != "RESOURCE_ALREADY_EXISTS":  # else: a racer made it
+            raise
+    return _retry(lambda: c.get_registered_model(name), where)
+
+
+def search_versions(cfg, name: str, run_id: str | None = None,
+                    tags: Mapping[str, str] | None = None):
+    """Model versions of `name` (optionally of one run, or with exact tag values), oldest first."""
+    c = client(cfg)
+    clauses = [f"name = '{_quote(name)}'"]
+    if run_id:
+        clauses.append(f"run_id = '{_quote(run_id)}'")
+    for k, v in (tags or {}).items():
+        clauses.append(f"tags.`{k}` = '{_quote(v)}'")
+    found = _retry(lambda: list(c.search_model_versions(" and ".join(clauses))),
+                   f"searching versions of {name!r}")
+    return sorted(found, key=lambda mv: int(mv.version))
+
+
+def _quote(value: str) -> str:
+    return str(value).replace("\\", "\\\\").replace("'", "\\'")
+
+
+def model_version(cfg, name: str, version: str):
+    """A ModelVersion, or None when it does not exist (deleted)."""
+    c = client(cfg)
+    try:
+        return _retry(lambda: c.get_model_version(name, str(version)),
+                      f"{name!r} version {version}")
+    except RegistryError as exc:
+        if _missing(exc):
+            return None
+        raise
+
+
+def create_version(cfg, name: str, run, tags: Mapping[str, str]):
+    """A new version of `name` whose source is the run's model folder.
+
+    create_model_version, not mlflow.register_model: the latter wants an MLflow-flavoured model
+    and refuses plain artifact folders in MLflow 3."""
+    c = client(cfg)
+    return _retry(lambda: c.create_model_version(
+        name, source=model_source(run), run_id=run.info.run_id,
+        tags={k: str(v) for k, v in tags.items()}),
+        f"registering run {run.info.run_id} as {name!r}")
+
+
+def set_version_tags(cfg, name: str, version: str, tags: Mapping[str, str]) -> None:
+    c = client(cfg)
+    for k, v in tags.items():
+        _retry(lambda k=k, v=v: c.set_model_version_tag(name, str(version), k, str(v)),
+               f"tagging {name!r} version {version}")
+
+
+def set_alias(cfg, name: str, alias: str, version: str) -> None:
+    c = client(cfg)
+    _retry(lambda: c.set_registered_model_alias(name, alias, str(version)),
+           f"pointing {name}@{alias} at version {version}")
+
+
+def set_model_tag(cfg, name: str, key: str, value: str) -> None:
+    c = client(cfg)
+    _retry(lambda: c.set_registered_model_tag(name, key, value),
+           f"tagging registered model {name!r}")
+
+
+def delete_model_tag(cfg, name: str, key: str) -> None:
+    c = client(cfg)
+    try:
+        _retry(lambda: c.delete_registered_model_tag(name, key),
+               f"untagging registered model {name!r}")
+    except RegistryError as exc:
+        if not _missing(exc):
+            raise
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    """The database file of a sqlite:/// URI (relative or absolute), None for other stores."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    rest = uri[len("sqlite:///"):].split("?", 1)[0]
+    if not rest or rest == ":memory:":
+        return None
+    return Path(rest).expanduser().resolve()
+
+
+@contextmanager
+def registry_lock(cfg) -> Iterator[Path | None]:
+    """Serialise registry changes between processes sharing a local SQLite store.
+
+    An advisory lock file beside the database (released by the OS if the holder dies). Remote
+    stores (an MLflow server, PostgreSQL, ...) get no lock here; sent promote's compare-and-verify
+    loop keeps them consistent. Yields the lock file, or None when there is none."""
+    from filelock import FileLock, Timeout
+
+    db = _sqlite_path(tracking_uri(cfg))
+    if db is None or not db.parent.is_dir():
+        yield None
+        return
+    path = db.with_name(f"{db.name}.sent-registry.lock")
+    lock = FileLock(str(path), timeout=LOCK_TIMEOUT_SECONDS)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise RegistryError(f"another registry change has held {path} for "
+                            f"{LOCK_TIMEOUT_SECONDS:.0f} s; is a `sent promote` stuck?") from None
+    try:
+        yield path
+    finally:
+        lock.release()

@@ -1,0 +1,152 @@
+"""Fixtures for the registry and promote tests: a real MLflow SQLite store in tmp_path, and
+runs that look like `sent train` + `sent eval` made them, holding a tiny real model.
+
+A test module binds the fixtures it uses to module names: `store = registry_fixtures.store`
+(and the fixtures those need: empty_store_db, tiny_model).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+NAME = "sentiment-classifier"
+TEXTS = [
+    "a gripping, beautifully acted film", "dull and far too long", "a warm funny delight",
+    "the plot makes no sense at all", "one of the best movies this year", "i walked out bored",
+    "sharp writing and a great cast", "a tired collection of cliches", "moving and honest",
+    "painfully slow with flat jokes", "an utterly charming surprise", "a mess from start to end",
+    "smart, tender and very funny", "the acting is wooden", "a triumph of quiet storytelling",
+    "nothing here is worth your time", "fresh and full of life", "clumsy, loud and empty",
+    "a joy to watch", "the worst script in years", "wonderfully strange and bold",
+    "predictable and lifeless", "a rich rewarding drama", "tedious beyond belief",
+    "clever twists and real heart", "an insult to the audience", "lovely music and images",
+    "overlong and self important", "genuinely thrilling", "forgettable in every way",
+]
+_serial = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """A tokenizer and a 2-layer BERT built from the tiny profile: no download."""
+    from sentiment_cli import config, model
+
+    cfg = config.load("tiny")
+    return model.build(cfg, ["neg", "pos"], train_texts=TEXTS)
+
+
+@dataclass
+class Store:
+    """A working directory with its own MLflow SQLite store, and a maker of candidate runs."""
+
+    root: Path
+    uri: str
+    tiny: tuple
+    runs: list[str] = field(default_factory=list)
+
+    def cfg(self, *overrides: str):
+        from sentiment_cli import config
+
+        return config.load("tiny", list(overrides))
+
+    def model_folder(self, name: str | None = None, run_id: str | None = None,
+                     metrics: dict | None = None) -> Path:
+        """A saved model folder with weights no other folder of this session has."""
+        import torch
+
+        from sentiment_cli import config, model
+
+        tok, m = self.tiny
+        n = next(_serial)
+        with torch.no_grad():  # a new classifier bias: new weights, new sha256
+            gen = torch.Generator().manual_seed(1000 + n)
+            m.classifier.bias.copy_(torch.randn(m.classifier.bias.shape, generator=gen))
+        meta = {"config": config.to_dict(self.cfg()), "data_sha256": "test",
+                "labels": ["neg", "pos"], "metrics": metrics or {}, "mlflow_run_id": run_id}
+        return model.save(self.root / "folders" / (name or f"model-{n}"), m, tok, meta)
+
+    def train_run(self, test_accuracy: float | None = 0.8, *, metrics: dict | None = None,
+                  kind: str = "train", log_model: bool = True) -> str:
+        """A finished run like `sent train` then `sent eval` leave it; returns its id."""
+        from sentiment_cli import model, registry
+
+        cfg = self.cfg()
+        scores = {"val_accuracy": 0.75, **(metrics or {})}
+        if test_accuracy is not None:
+            scores.setdefault("test_accuracy", test_accuracy)
+            scores.setdefault("test_f1", round(test_accuracy - 0.01, 4))
+        with registry.run(cfg, run_name="train-test", tags={"sent.kind": kind}) as active:
+            run_id = active.info.run_id
+            folder = self.model_folder(run_id=run_id, metrics={"val_accuracy": 0.75})
+            registry.log_metrics(scores)
+            if log_model:
+                registry.log_model_folder(folder, run_id)
+            sha = model.read_meta(folder)["weights_sha256"]
+            registry.set_run_tags(cfg, run_id, {"weights_sha256": sha,
+                                                "sent.model_dir": str(folder)})
+        time.sleep(0.01)  # distinct start times: "the last training run" is well defined
+        self.runs.append(run_id)
+        return run_id
+
+    def folder_of(self, run_id: str) -> Path:
+        """Where the local artifact store keeps a run's model folder."""
+        from sentiment_cli import registry
+
+        run = registry.get_run(self.cfg(), run_id)
+        return Path(registry.model_source(run))
+
+
+@pytest.fixture(scope="session")
+def empty_store_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An MLflow SQLite database with its tables made: copying it is far faster than letting
+    every test run MLflow's migrations again (seconds each)."""
+    import mlflow
+
+    db = tmp_path_factory.mktemp("template") / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri).search_registered_models()
+    mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri).search_experiments()
+    return db
+
+
+@pytest.fixture
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_model, empty_store_db) -> Store:
+    monkeypatch.chdir(tmp_path)
+    shutil.copyfile(empty_store_db, tmp_path / "mlflow.db")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    # mlflow.set_registry_uri() exports MLFLOW_REGISTRY_URI, and registry.client() honours it:
+    # left over from an earlier test it would point this test at that test's registry.
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    return Store(tmp_path, uri, tiny_model)
+
+
+def promote_cli(*args: str):
+    """`sent promote --profile tiny ARGS` through Typer's CliRunner."""
+    from typer.testing import CliRunner
+
+    from sentiment_cli.cli import app
+
+    return CliRunner().invoke(app, ["promote", "--profile", "tiny", *args])
+
+
+def champion_state(cfg, name: str = NAME, alias: str = "champion") -> tuple[str | None, list[str]]:
+    """(where the alias points, the stored history tag) read straight from MLflow."""
+    import json
+
+    from sentiment_cli import registry
+
+    rm = registry.client(cfg).get_registered_model(name)
+    champion = rm.aliases.get(alias)
+    raw = rm.tags.get(f"sent.history.{alias}")
+    return (None if champion is None else str(champion)), [str(v) for v in json.loads(raw or "[]")]

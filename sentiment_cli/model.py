@@ -130,8 +130,11 @@ def build(cfg, label_names: Sequence[str], train_texts: Iterable[str] | None = N
     try:
         if tokenizer is None:
             tokenizer = AutoTokenizer.from_pretrained(name, **_hf_kwargs(cfg.model.revision))
+        import torch
+
         model = AutoModelForSequenceClassification.from_pretrained(
             name,
+            dtype=torch.float32,  # fp32 master weights, whatever the checkpoint was saved in
             num_labels=len(label_names),
             id2label=id2label,
             label2id=label2id,

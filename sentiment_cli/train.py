@@ -267,7 +267,11 @@ def run(cfg, resume: bool = False) -> Path:
     from accelerate.utils import set_seed
 
     t = cfg.train
-    accelerator = Accelerator(mixed_precision=t.mixed_precision, gradient_accumulation_steps=t.grad_accum_steps)
+    from accelerate.utils import DataLoaderConfiguration
+
+    accelerator = Accelerator(mixed_precision=t.mixed_precision, gradient_accumulation_steps=t.grad_accum_steps,
+                              # pinned batches copied without blocking: the host runs ahead of the GPU
+                              dataloader_config=DataLoaderConfiguration(non_blocking=True))
     main = accelerator.is_main_process
     ckpt_root = Path(cfg.paths.checkpoint_dir)
     if not resume and main and ckpt_root.exists():
@@ -311,6 +315,8 @@ def run(cfg, resume: bool = False) -> Path:
         net.to(accelerator.device)  # the optimizer's state and lr tensors live beside the weights
     optimizer = _optimizer(net, cfg, fused=accelerator.device.type == "cuda", capturable=use_graphs)
     scheduler = _scheduler(optimizer, cfg, total_steps)
+    if use_graphs:  # float base rates: each step fills the lr tensor without reading the GPU back
+        scheduler.base_lrs = [float(t.lr) for _ in scheduler.base_lrs]
     net, optimizer, train_dl, val_dl, scheduler = accelerator.prepare(net, optimizer, train_dl, val_dl, scheduler)
     if t.compile:
         net = torch.compile(net, dynamic=True)

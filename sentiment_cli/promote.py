@@ -87,6 +87,7 @@ class Outcome:
     forced: bool = False
     min_improvement: float = 0.0
     history: list[str] = field(default_factory=list)
+    rolled_back_at: str | None = None  # kept because the candidate was rolled back then
 
     @property
     def exit_code(self) -> int:
@@ -100,6 +101,9 @@ class Outcome:
                     f"history {' → '.join(self.history)}")
         if self.action == "already":
             return f"{cand} is already {at} ({m} {_fmt(self.score)}); nothing to change"
+        if self.action == "kept" and self.rolled_back_at:
+            return (f"kept: version {self.previous} stays {at}: candidate version {self.version} "
+                    f"was rolled back at {self.rolled_back_at}; promote it again only with --force")
         if self.action == "kept":
             direction = "below" if lower_is_better(m) else "above"
             return (f"kept: version {self.previous} stays {at}: candidate version {self.version} "
@@ -125,7 +129,15 @@ def _finite(value: Any) -> float | None:
 
 
 def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+def rolled_back_at(mv) -> str | None:
+    """When the alias was last taken away from this version by a rollback, unless it has been
+    promoted again since."""
+    tags = mv.tags or {}
+    back = tags.get("sent.rolled_back_at")
+    return back if back and back >= tags.get("sent.promoted_at", "") else None
 
 
 def _say(message: str) -> None:
@@ -400,6 +412,9 @@ def run(cfg, run_id: str | None = None, model_dir: str | Path | None = None,
 def _promote(cfg, name: str, alias: str, mv, metric: str, force: bool) -> Outcome:
     version = str(mv.version)
     score = score_of(cfg, mv, metric)
+    if score is None and not force:
+        raise PromoteError(f"{name} version {version} has no {metric!r} score; run `sent eval` "
+                           "first, or use --force")
     base = {"name": name, "alias": alias, "version": version, "metric": metric, "score": score,
             "min_improvement": float(cfg.promote.min_improvement)}
     for attempt in range(MAX_ATTEMPTS):
@@ -410,6 +425,11 @@ def _promote(cfg, name: str, alias: str, mv, metric: str, force: bool) -> Outcom
                            history=state.history, **base)
         champion_score = score_of(cfg, registry.model_version(cfg, name, champion), metric) \
             if champion else None
+        # a version taken out of service by a rollback is not put back by the next routine run
+        back = rolled_back_at(mv)
+        if back and not force:
+            return Outcome("kept", previous=champion, previous_score=champion_score,
+                           history=state.history, rolled_back_at=back, **base)
         if champion and not force:
             if champion_score is None:
                 raise PromoteError(f"the champion, {name} version {champion}, has no {metric!r} "

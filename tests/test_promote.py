@@ -322,6 +322,23 @@ def test_rollback_then_promote_again_keeps_a_linear_history(store):
     assert champion_state(store.cfg()) == ("3", ["1", "3"])
 
 
+def test_a_rolled_back_version_is_not_promoted_again_without_force(store):
+    store.train_run(0.80)
+    promote_cli()
+    store.train_run(0.90)
+    promote_cli()
+    assert promote_cli("--rollback").exit_code == 0
+    again = promote_cli()  # the routine job: the last training run is the rolled-back one
+    assert again.exit_code == 3, again.output
+    assert "was rolled back at" in again.stdout and "--force" in again.stdout
+    assert champion_state(store.cfg()) == ("1", ["1"])
+    assert promote_cli("--force").exit_code == 0
+    assert champion_state(store.cfg()) == ("2", ["1", "2"])
+    assert promote_cli().exit_code == 0  # promoted again since: no longer held back
+    promote_cli("--rollback")
+    assert promote_cli().exit_code == 3
+
+
 def test_rollback_skips_deleted_versions(store):
     for acc in (0.80, 0.85, 0.90):
         store.train_run(acc)

@@ -136,8 +136,8 @@ class Progress:
         self.bar = None
         self.enabled = enabled
         if enabled and sys.stderr.isatty():
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress as Bar,
-                                       TextColumn, TimeElapsedColumn, TimeRemainingColumn)
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+            from rich.progress import Progress as Bar
 
             self.bar = Bar(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
                            TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
@@ -364,7 +364,8 @@ def _loop(cfg, accelerator, net, optimizer, scheduler, train_dl, val_dl, sampler
     try:
         while state.epoch < t.epochs and not done:
             sampler.use_epoch(state.epoch)
-            loader = accelerator.skip_first_batches(train_dl, state.batch_in_epoch) if state.batch_in_epoch else train_dl
+            skip = state.batch_in_epoch  # > 0 only when resuming inside an epoch
+            loader = accelerator.skip_first_batches(train_dl, skip) if skip else train_dl
             tick = time.perf_counter()
             for batch in loader:
                 n_real = batch.pop("num_samples")

@@ -8,13 +8,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import FAST
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from sentiment_cli import config, model
 from sentiment_cli.cli import app
-
-from conftest import FAST
 
 
 def _mlflow_client(root: Path):
@@ -62,7 +61,7 @@ def test_eval_outputs(pipeline):
     ev = json.loads((pipeline / "metrics" / "eval.json").read_text())
     assert ev["n"] == 1066 and ev["split"] == "test"
     for key in ("accuracy", "f1", "precision", "recall", "loss"):
-        assert 0.0 <= ev[key] and (key == "loss" or ev[key] <= 1.0)
+        assert ev[key] >= 0.0 and (key == "loss" or ev[key] <= 1.0)
     cm = ev["confusion_matrix"]
     assert sum(map(sum, cm)) == 1066 and ev["accuracy"] == pytest.approx((cm[0][0] + cm[1][1]) / 1066)
     ref = json.loads((pipeline / "metrics" / "reference.json").read_text())

@@ -1,0 +1,67 @@
+# The README's commands. Every target creates the virtual environment it needs.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_VERSION ?= 2.13.0
+# CPU wheels of torch unless this machine has an NVIDIA GPU (a plain PyPI torch is a multi-GB
+# CUDA build). GPU machines: leave it empty, or name a CUDA index, e.g.
+#   make install TORCH_INDEX=https://download.pytorch.org/whl/cu128
+TORCH_INDEX ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,https://download.pytorch.org/whl/cpu)
+EXTRAS ?= dev
+PORT ?= 8765
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-slow test-all lint bench-train bench-serve lock clean
+
+$(VENV)/.installed: pyproject.toml requirements/lock.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c requirements/lock.txt "torch==$(TORCH_VERSION)" \
+		$(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
+	$(BIN)/python -m pip install -q -c requirements/lock.txt -e ".[$(EXTRAS)]"
+	touch $@
+
+install: $(VENV)/.installed
+
+# The main job: the whole lifecycle offline on the tiny profile (embedded data, a model built
+# from configuration, a local SQLite MLflow store), ending with a served prediction.
+demo: install
+	$(BIN)/sent fetch --profile tiny
+	$(BIN)/sent train --profile tiny
+	$(BIN)/sent eval --profile tiny
+	$(BIN)/sent promote --profile tiny || test $$? -eq 3
+	$(BIN)/python -m sentiment_cli.demo_check --profile tiny --port $(PORT)
+
+# Offline, CPU, minutes. Slow tests (a few minutes more) run with `make test-slow`.
+test: install
+	$(BIN)/python -m pytest -q -m "not slow and not gpu and not network" $(PYTEST_ARGS)
+
+test-slow: install
+	$(BIN)/python -m pytest -q -m "slow and not gpu and not network" $(PYTEST_ARGS)
+
+test-all: test test-slow
+
+lint: install
+	$(BIN)/ruff check sentiment_cli tests benchmarks
+	$(BIN)/hadolint containers/*.Dockerfile
+
+bench-train: install
+	$(BIN)/python benchmarks/bench_train.py --model $(MODEL) $(BENCH_ARGS)
+
+bench-serve: install
+	$(BIN)/python benchmarks/bench_serve.py $(BENCH_ARGS)
+
+# Re-pin every dependency from a fresh environment (CPU torch; the +cpu tag is dropped so the
+# same file constrains a CUDA torch of the same version).
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install -q --upgrade pip
+	.lock-venv/bin/python -m pip install -q "torch==$(TORCH_VERSION)" $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
+	.lock-venv/bin/python -m pip install -q -e ".[dev,vertex,gcs,bench]"
+	{ echo "# Pinned versions of every dependency (a pip constraints file: pip install -c requirements/lock.txt ...)."; \
+	  echo "# Regenerate with: make lock   (Python 3.11, CPU torch; GPU users install a CUDA torch of the same version first)"; \
+	  .lock-venv/bin/python -m pip freeze --exclude-editable | sed -e 's/+cpu$$//' | grep -v '^-e '; } > requirements/lock.txt
+	rm -rf .lock-venv
+
+clean:
+	rm -rf data models metrics reports checkpoints logs mlruns mlartifacts mlflow.db dvc_plots

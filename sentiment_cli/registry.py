@@ -21,8 +21,18 @@ class RegistryError(RuntimeError):
     """MLflow cannot do what was asked (unknown run, model, alias, unreachable server)."""
 
 
+# mlflow.set_tracking_uri / set_registry_uri also write MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI
+# into the environment. Values we wrote ourselves must not pass for the user's choice later.
+_written: dict[str, str] = {}
+
+
+def _user_env(name: str) -> str | None:
+    value = os.environ.get(name)
+    return None if not value or _written.get(name) == value else value
+
+
 def tracking_uri(cfg) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or cfg.mlflow.tracking_uri
+    return _user_env("MLFLOW_TRACKING_URI") or cfg.mlflow.tracking_uri
 
 
 def client(cfg):
@@ -30,12 +40,20 @@ def client(cfg):
     # MLflow 3 sends usage telemetry by default; this project never phones home.
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+    import logging
+
     import mlflow
 
-    uri = tracking_uri(cfg)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # no "Creating initial database tables" chatter
+    user = {name: _user_env(name) for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    uri = user["MLFLOW_TRACKING_URI"] or cfg.mlflow.tracking_uri
+    registry_uri = user["MLFLOW_REGISTRY_URI"] or uri
     mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(os.environ.get("MLFLOW_REGISTRY_URI") or uri)
-    return mlflow.MlflowClient()
+    mlflow.set_registry_uri(registry_uri)
+    for name, given in user.items():
+        if given is None and os.environ.get(name):
+            _written[name] = os.environ[name]
+    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=registry_uri)
 
 
 def _mlflow_errors() -> tuple[type[BaseException], ...]:

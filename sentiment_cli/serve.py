@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 
 SPEC_ENV = "SENT_SERVE_SPEC"
 READY_WAIT_S = 30.0  # a request that finds its worker still loading waits this long for it
+# A gathered batch is sorted by length and run in chunks of this many texts: on a CPU a chunk
+# past ~8 reviews is no faster per text and pads more (docs/performance-serve.md).
+CPU_CHUNK = 8
 GRACEFUL_SHUTDOWN_S = 30  # in-flight requests get this long after SIGTERM; Cloud Run allows 10 s+
 LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
 JSON_TYPES = ("application/json",)
@@ -305,7 +308,9 @@ def load_predictor(cfg, folder: Path, info: dict[str, Any], threads: int | None 
     s = cfg.serve
     predictor = Predictor.from_folder(
         folder, quantize=s.quantize, threads=s.threads if threads is None else threads,
-        batch_size=max(s.max_batch_size, 1), name=str(info.get("name") or folder.name))
+        batch_size=CPU_CHUNK, name=str(info.get("name") or folder.name))
+    if predictor.device.type != "cpu":
+        predictor.batch_size = s.max_batch_size  # an accelerator wants the whole batch at once
     predictor.version = model_version(info, predictor.meta)
     return predictor
 

@@ -10,6 +10,9 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
+import socket
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,3 +153,46 @@ def champion_state(cfg, name: str = NAME, alias: str = "champion") -> tuple[str 
     champion = rm.aliases.get(alias)
     raw = rm.tags.get(f"sent.history.{alias}")
     return (None if champion is None else str(champion)), [str(v) for v in json.loads(raw or "[]")]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def tracking_server(store, tmp_path, monkeypatch):
+    """`mlflow server` with its own SQLite store, proxying artifacts to tmp_path/artifacts."""
+    port = _free_port()
+    server_dir = tmp_path / "server"
+    server_dir.mkdir()
+    shutil.copyfile(store.root / "mlflow.db", server_dir / "backend.db")  # tables made already
+    mlflow_cli = Path(sys.executable).with_name("mlflow")
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    proc = subprocess.Popen(
+        [str(mlflow_cli), "server", "--backend-store-uri", f"sqlite:///{server_dir / 'backend.db'}",
+         "--artifacts-destination", str(server_dir / "artifacts"), "--serve-artifacts",
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        cwd=server_dir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        import requests
+
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if requests.get(f"{url}/health", timeout=1).ok:
+                    break
+            except requests.RequestException:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"mlflow server did not start (exit {proc.poll()})")
+            time.sleep(0.3)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+        monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+        yield url, server_dir / "artifacts"
+    finally:
+        os.killpg(proc.pid, 15)  # the server and its uvicorn worker
+        proc.wait(20)

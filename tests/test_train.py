@@ -150,3 +150,23 @@ def test_max_steps_and_early_stopping_bound_training(workdir):
     step.run(cfg)  # a learning rate this small cannot improve val accuracy after epoch 1
     train = json.loads(Path("metrics/train.json").read_text())
     assert train["epochs_run"] == 2 and train["best_epoch"] == 1
+
+
+@pytest.mark.slow
+def test_train_and_eval_log_to_a_remote_tracking_server(tracking_server, tmp_path, monkeypatch):
+    # tracking_server comes from registry_fixtures (a pytest plugin, see conftest.py)
+    url, artifacts = tracking_server
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    sets = [a for s in FAST for a in ("--set", s)]
+    for step in ("fetch", "train", "eval"):
+        result = runner.invoke(app, [step, "--profile", "tiny", *sets])
+        assert result.exit_code == 0, result.output
+    run_id = model.read_meta(tmp_path / "models/candidate")["mlflow_run_id"]
+    import mlflow
+
+    run = mlflow.MlflowClient(tracking_uri=url).get_run(run_id)
+    assert run.info.artifact_uri.startswith("mlflow-artifacts:/")
+    assert {"val_accuracy", "test_accuracy", "train_loss"} <= set(run.data.metrics)
+    assert list(artifacts.rglob("model.safetensors"))  # uploaded through the server
+    assert not (tmp_path / "mlruns").exists()  # no local artifact store was used

@@ -20,9 +20,7 @@ import io
 import json
 import math
 import os
-import shutil
 import tarfile
-import tempfile
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,6 +30,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from sentiment_cli.files import replaced_dir
 
 SPLITS = ("train", "validation", "test")
 TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
@@ -319,24 +319,11 @@ def content_sha256(splits: dict[str, pd.DataFrame]) -> str:
 
 
 def write(splits: dict[str, pd.DataFrame], out_dir: Path, meta: dict[str, Any]) -> Path:
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-    try:
+    with replaced_dir(out_dir) as tmp:
         for split, df in splits.items():
             df.astype({"text": "string", "label": "int64"}).to_parquet(tmp / f"{split}.parquet", index=False)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-        old = out_dir.with_name(f".{out_dir.name}.old")
-        if old.exists():
-            shutil.rmtree(old)
-        if out_dir.exists():
-            out_dir.rename(old)
-        tmp.rename(out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
+    return Path(out_dir)
 
 
 def load_splits(data_dir: str | Path, splits: Sequence[str] = SPLITS) -> dict[str, pd.DataFrame]:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sentiment_cli import data, metrics, model, registry
+from sentiment_cli import data, files, metrics, model, registry
 from sentiment_cli.model import ModelError
 
 log = logging.getLogger(__name__)
@@ -102,10 +102,10 @@ def run(cfg, model_dir: Path | None = None, split: str = "test") -> Path:
         "mlflow_run_id": meta.get("mlflow_run_id"),
     }
     metrics_dir, reports = Path(cfg.paths.metrics_dir), Path(cfg.paths.reports_dir)
-    out = model.write_json_atomic(metrics_dir / "eval.json", result)
+    out = files.write_json_atomic(metrics_dir / "eval.json", result)
     token_lengths = [len(ids) for ids in predictor.tokenizer(texts, truncation=True,
                                                             max_length=predictor.max_length)["input_ids"]]
-    model.write_json_atomic(metrics_dir / "reference.json",
+    files.write_json_atomic(metrics_dir / "reference.json",
                             {**reference_stats(texts, probs, labels, token_lengths), "split": split,
                              "weights_sha256": meta.get("weights_sha256")})
     reports.mkdir(parents=True, exist_ok=True)

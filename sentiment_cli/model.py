@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from sentiment_cli.files import replaced_dir, write_json_atomic
 
 META_FILE = "sent.json"
 
@@ -183,40 +182,13 @@ def read_meta(folder: str | Path) -> dict[str, Any]:
     return meta if isinstance(meta, dict) else {}
 
 
-def write_json_atomic(path: str | Path, data: Any) -> Path:
-    """Write JSON beside the target, then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=2, sort_keys=False, default=str)
-        fh.write("\n")
-    os.replace(tmp, path)
-    return path
-
-
 def save(folder: str | Path, model, tokenizer, meta: dict[str, Any]) -> Path:
     """Save model + tokenizer + sent.json to a temporary folder, then swap it into place."""
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-    try:
+    with replaced_dir(folder) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        meta = {**meta, "weights_sha256": weights_sha256(tmp)}
-        write_json_atomic(tmp / META_FILE, meta)
-        old = folder.with_name(f".{folder.name}.old")
-        if old.exists():
-            shutil.rmtree(old)
-        if folder.exists():
-            folder.rename(old)
-        tmp.rename(folder)
-        if old.exists():
-            shutil.rmtree(old)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return folder
+        write_json_atomic(tmp / META_FILE, {**meta, "weights_sha256": weights_sha256(tmp)})
+    return Path(folder)
 
 
 def weights_sha256(folder: str | Path) -> str:

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sentiment_cli import __version__, config, data, metrics, model, registry
+from sentiment_cli import __version__, config, data, files, metrics, model, registry
 
 log = logging.getLogger(__name__)
 STATE_FILE = "sent_state.json"
@@ -476,7 +476,7 @@ def _finish(cfg, accelerator, net, tokenizer, labels, state: State, data_meta: d
     best_model = AutoModelForSequenceClassification.from_pretrained(best, local_files_only=True,
                                                                     use_safetensors=True)
     model.save(out, best_model, tokenizer, meta)
-    model.write_json_atomic(Path(cfg.paths.metrics_dir) / "train.json",
+    files.write_json_atomic(Path(cfg.paths.metrics_dir) / "train.json",
                             {**summary, "mlflow_run_id": state.run_id, "model_dir": str(out)})
     if cfg.mlflow.enabled:
         registry.log_metrics({"best_val_accuracy": state.best_score, "train_samples_per_second": speed,

@@ -61,3 +61,13 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
         else:
             os.environ["MLFLOW_TRACKING_URI"] = old_uri
     return root
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """With SENT_REQUIRE_BROWSER=1 (CI sets it), a browser test may not skip: it fails instead."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and os.environ.get("SENT_REQUIRE_BROWSER") == "1" and item.get_closest_marker("browser"):
+        report.outcome = "failed"
+        report.longrepr = f"browser test skipped but SENT_REQUIRE_BROWSER=1: {report.longrepr}"

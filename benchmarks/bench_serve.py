@@ -15,7 +15,7 @@ accuracy (accuracy only means something for a fine-tuned --model).
 
 Requests are one review each, taken in turn from the Rotten Tomatoes test split.
 Configurations: naive (thread pool, fp32), naive --serial (one forward pass at a time),
-sent serve (fp32), sent serve --quantize (int8).
+sent serve (fp32), sent serve --quantize (int8), each sent one for every --threads value.
 """
 
 from __future__ import annotations
@@ -84,16 +84,17 @@ class Config:
     kind: str  # naive | sent
 
 
-def configs(model: Path, log_dir: Path) -> list[Config]:
+def configs(model: Path, log_dir: Path, threads: list[int]) -> list[Config]:
     sent = [sys.executable, "-m", "sentiment_cli.cli", "serve", "--model", str(model),
             "--set", f"paths.prediction_log={log_dir}"]
     naive = [sys.executable, str(HERE / "naive_server.py"), "--model", str(model)]
-    return [
-        Config("naive", naive, "naive"),
-        Config("naive-serial", [*naive, "--serial"], "naive"),
-        Config("sent-fp32", [*sent, "--no-quantize"], "sent"),
-        Config("sent-int8", [*sent, "--quantize"], "sent"),
-    ]
+    out = [Config("naive", naive, "naive"), Config("naive-serial", [*naive, "--serial"], "naive")]
+    for t in threads:
+        suffix = f"-t{t}" if t else ""
+        opts = ["--set", f"serve.threads={t}"]
+        out += [Config(f"sent-fp32{suffix}", [*sent, "--no-quantize", *opts], "sent"),
+                Config(f"sent-int8{suffix}", [*sent, "--quantize", *opts], "sent")]
+    return out
 
 
 @contextlib.contextmanager
@@ -301,7 +302,12 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--only", nargs="+", help="configuration names to run")
+    parser.add_argument("--threads", type=int, nargs="+", default=[0],
+                        help="serve.threads values for sent serve (0 = torch's default); "
+                             "1 adds sent-fp32-t1 and sent-int8-t1")
     parser.add_argument("--skip-accuracy", action="store_true")
+    parser.add_argument("--accuracy-only", action="store_true",
+                        help="only compare int8 with fp32 predictions (needs --model)")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     args = parser.parse_args()
 
@@ -312,10 +318,15 @@ def main() -> None:
         model = build_random_distilbert(work / "distilbert-random")
         print(f"built {model} (DistilBERT-base architecture, random weights)", flush=True)
     test_texts, test_labels = rt_split("test")
+    if args.accuracy_only:
+        print(json.dumps({"model": str(model), **accuracy(model, test_texts, test_labels)},
+                         indent=2))
+        return
     results: dict = {"machine": machine(), "model": str(args.model or "distilbert-base random"),
                      "duration_s": args.duration, "runs": args.runs,
                      "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
-    cfgs = [c for c in configs(model, work / "predictions") if not args.only or c.name in args.only]
+    cfgs = [c for c in configs(model, work / "predictions", args.threads)
+            if not args.only or c.name in args.only]
     closed: dict[str, dict[int, list[Result]]] = {c.name: {n: [] for n in args.concurrency}
                                                  for c in cfgs}
     with contextlib.ExitStack() as stack:

@@ -360,6 +360,7 @@ class Service:
 
     async def _load_and_warm_up(self) -> None:
         s = self.cfg.serve
+        batcher: Batcher | None = None
         try:
             if self.predictor is None:
                 assert self.loader is not None
@@ -392,6 +393,8 @@ class Service:
             self.status, self.detail = "failed", str(exc).splitlines()[0] if str(exc) else repr(exc)
             log.error("cannot serve the model: %s", self.detail)
             self._settled.set()
+            if batcher is not None and self.batcher is None:
+                await batcher.stop()  # the warm-up failed: release its thread
 
     async def stop(self) -> None:
         """Shutdown: uvicorn has drained in-flight requests; finish batches, flush the log."""

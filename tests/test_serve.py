@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import registry_fixtures
 import serve_fixtures
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -28,6 +29,9 @@ from sentiment_cli.model import ModelError, Prediction
 
 tiny_model_dir = serve_fixtures.tiny_model_dir
 tiny_predictor = serve_fixtures.tiny_predictor
+store = registry_fixtures.store  # an MLflow SQLite store with runs holding a tiny model
+tiny_model = registry_fixtures.tiny_model
+empty_store_db = registry_fixtures.empty_store_db
 
 JSON = {"content-type": "application/json"}
 CLIENT_ERRORS = {400, 413, 415, 422}
@@ -525,7 +529,18 @@ def _invoke(*args: str):
     return CliRunner().invoke(cli_app, ["serve", "--profile", "tiny", *args])
 
 
-def test_cli_refuses_a_missing_model_in_one_line(tmp_path, monkeypatch):
+@pytest.fixture
+def no_server(monkeypatch):
+    """A refusal test that regresses fails here instead of serving forever."""
+    import uvicorn
+
+    def run(*args, **kwargs):
+        raise AssertionError("the server was started")
+
+    monkeypatch.setattr(uvicorn, "run", run)
+
+
+def test_cli_refuses_a_missing_model_in_one_line(tmp_path, monkeypatch, no_server):
     monkeypatch.chdir(tmp_path)
     result = _invoke("--model", str(tmp_path / "nope"))
     assert result.exit_code == 1
@@ -533,7 +548,8 @@ def test_cli_refuses_a_missing_model_in_one_line(tmp_path, monkeypatch):
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
 
 
-def test_cli_refuses_weights_that_do_not_match_their_hash(tmp_path, tiny_model_dir, monkeypatch):
+def test_cli_refuses_weights_that_do_not_match_their_hash(tmp_path, tiny_model_dir, monkeypatch,
+                                                         no_server):
     monkeypatch.chdir(tmp_path)
     tampered = tmp_path / "tampered"
     shutil.copytree(tiny_model_dir, tampered)
@@ -547,11 +563,58 @@ def test_cli_refuses_weights_that_do_not_match_their_hash(tmp_path, tiny_model_d
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
 
 
-def test_cli_rejects_a_bad_port(tmp_path, tiny_model_dir, monkeypatch):
+def test_the_champion_is_served_by_name_and_version_and_tampering_refused(store, tmp_path,
+                                                                          no_server):
+    run_id = store.train_run(0.8)
+    assert registry_fixtures.promote_cli().exit_code == 0
+    cfg = serve_config(tmp_path / "log", "serve.model=models:/sentiment-classifier@champion")
+    with TestClient(serve.create_app(cfg)) as c:
+        wait_ready(c)
+        r = c.post("/predict", json={"text": "registered and verified"})
+        assert r.status_code == 200
+        assert r.json()["model"] == {"name": "sentiment-classifier", "version": "1"}
+    weights = store.folder_of(run_id) / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8] + b"tampered")
+    result = _invoke("--model", "models:/sentiment-classifier@champion")
+    assert result.exit_code == 1
+    assert "does not match the registry tag" in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_cli_rejects_a_bad_port(tmp_path, tiny_model_dir, monkeypatch, no_server):
     monkeypatch.chdir(tmp_path)
     result = _invoke("--model", str(tiny_model_dir), "--port", "70000")
     assert result.exit_code != 0 and "serve.port" in result.output
     assert "Traceback" not in result.output
+
+
+def test_cli_hands_uvicorn_the_app_and_the_options(tmp_path, tiny_model_dir, monkeypatch):
+    import uvicorn
+    from litestar import Litestar
+
+    calls = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append((app, kw)))
+    monkeypatch.chdir(tmp_path)
+    for name in (serve.SPEC_ENV, "PROMETHEUS_MULTIPROC_DIR"):  # run() sets them; undo after
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+    result = _invoke("--model", str(tiny_model_dir), "--host", "0.0.0.0", "--port", "8123")
+    assert result.exit_code == 0, result.output
+    app, kw = calls.pop()
+    assert isinstance(app, Litestar)
+    assert (kw["host"], kw["port"], kw["timeout_graceful_shutdown"]) == ("0.0.0.0", 8123, 30)
+
+    # Several workers: an import string and a factory, the resolved model passed by environment.
+    result = _invoke("--model", str(tiny_model_dir), "--workers", "2", "--quantize")
+    assert result.exit_code == 0, result.output
+    app, kw = calls.pop()
+    assert app == "sentiment_cli.serve:app_from_env" and kw["factory"] and kw["workers"] == 2
+    spec = json.loads(serve.os.environ[serve.SPEC_ENV])
+    assert spec["folder"] == str(tiny_model_dir) and spec["threads"] >= 1
+    assert spec["config"]["serve"]["quantize"] is True
+    assert "PROMETHEUS_MULTIPROC_DIR" in serve.os.environ
+    built = serve.app_from_env()  # what each worker runs
+    assert isinstance(built, Litestar)
 
 
 def test_cli_help_names_the_options():

@@ -206,6 +206,10 @@ def resolve_model(cfg, uri: str, dst: str | Path | None = None, verify_hash: boo
         folder = download(cfg, uri, dst)
         return folder, {"name": uri, "version": None, "source": uri}
     name, alias, version = parse_model_uri(uri)
+    db = _sqlite_path(tracking_uri(cfg))
+    if db is not None and not db.is_file():  # asking would create an empty store as a side effect
+        raise RegistryError(f"no MLflow store at {db}: train and promote a model first "
+                            "(or serve a folder with --model PATH)")
     mv = get_version(cfg, name, alias, version)
     folder = download(cfg, f"models:/{name}/{mv.version}", dst)
     info = {"name": name, "version": str(mv.version), "alias": alias, "run_id": mv.run_id,

@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 SPEC_ENV = "SENT_SERVE_SPEC"
 READY_WAIT_S = 30.0  # a request that finds its worker still loading waits this long for it
 # A gathered batch is sorted by length and run in chunks of this many texts: on a CPU a chunk
-# past ~8 reviews is no faster per text and pads more (docs/performance-serve.md).
+# past ~8 reviews is no faster per text and pads more (docs/performance.md, Serving).
 CPU_CHUNK = 8
 GRACEFUL_SHUTDOWN_S = 30  # in-flight requests get this long after SIGTERM; Cloud Run allows 10 s+
 LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]

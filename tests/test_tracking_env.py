@@ -14,3 +14,13 @@ def test_a_store_used_once_does_not_stick(tmp_path, monkeypatch):
     assert registry.client(b)._registry_uri.endswith("/b.db")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/user.db")
     assert registry.tracking_uri(b).endswith("/user.db")  # the user's own variable always wins
+
+
+def test_resolving_a_registry_uri_without_a_store_creates_nothing(tmp_path, monkeypatch):
+    import pytest
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = config.load("tiny", [f"mlflow.tracking_uri=sqlite:///{tmp_path}/absent.db"], root=tmp_path)
+    with pytest.raises(registry.RegistryError, match="no MLflow store"):
+        registry.resolve_model(cfg, "models:/sentiment-classifier@champion")
+    assert not (tmp_path / "absent.db").exists()

@@ -6,7 +6,11 @@ TORCH_VERSION ?= 2.13.0
 # CPU wheels of torch unless this machine has an NVIDIA GPU (a plain PyPI torch is a multi-GB
 # CUDA build). GPU machines: leave it empty, or name a CUDA index, e.g.
 #   make install TORCH_INDEX=https://download.pytorch.org/whl/cu128
-TORCH_INDEX ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,https://download.pytorch.org/whl/cpu)
+CPU_INDEX := https://download.pytorch.org/whl/cpu
+# The CPU index is asked only when it answers: offline, pip would retry it for every package.
+CPU_INDEX_UP = $(shell $(PYTHON) -c "import urllib.request as u; u.urlopen('$(CPU_INDEX)/torch/', timeout=5)" \
+	>/dev/null 2>&1 && echo yes)
+TORCH_INDEX ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,$(if $(CPU_INDEX_UP),$(CPU_INDEX)))
 EXTRAS ?= dev
 PORT ?= 8765
 PYTEST_ARGS ?=

@@ -12,7 +12,7 @@ from typing import Annotated, NoReturn
 
 import typer
 
-from sentiment_cli import __version__, config
+import sentiment_cli
 
 app = typer.Typer(
     name="sent",
@@ -38,7 +38,9 @@ def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
     raise typer.Exit(code)
 
 
-def load_config(profile: str, overrides: list[str] | None) -> config.DictConfig:
+def load_config(profile: str, overrides: list[str] | None):
+    from sentiment_cli import config  # omegaconf costs ~100 ms: not for `sent --help`
+
     try:
         return config.load(profile, overrides or [])
     except config.ConfigError as exc:
@@ -47,6 +49,7 @@ def load_config(profile: str, overrides: list[str] | None) -> config.DictConfig:
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Errors a user can cause: printed as one line, never as a traceback."""
+    from sentiment_cli import config
     from sentiment_cli.data import DataError
     from sentiment_cli.model import ModelError
     from sentiment_cli.registry import RegistryError
@@ -56,7 +59,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
 def _version(value: bool) -> None:
     if value:
-        typer.echo(f"sent {__version__}")
+        typer.echo(f"sent {sentiment_cli.__version__}")
         raise typer.Exit()
 
 

@@ -35,7 +35,7 @@ def test_version():
 def test_importing_the_cli_loads_no_heavy_library():
     # `sent --help` must answer at once: torch, transformers, mlflow, litestar load only in commands
     code = ("import sys, sentiment_cli.cli; "
-            "heavy = [m for m in ('torch', 'transformers', 'mlflow', 'litestar', 'accelerate', 'pandas') "
+            "heavy = [m for m in ('torch', 'transformers', 'mlflow', 'litestar', 'accelerate', 'pandas', 'omegaconf') "
             "if m in sys.modules]; print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -125,7 +125,7 @@ def build(cfg, label_names: Sequence[str], train_texts: Iterable[str] | None = N
         return tokenizer, BertForSequenceClassification(config)
     local = Path(name).is_dir()
     if local:
-        _check_folder(Path(name))
+        check_folder(Path(name))
     try:
         if tokenizer is None:
             tokenizer = AutoTokenizer.from_pretrained(name, **_hf_kwargs(cfg.model.revision))
@@ -152,7 +152,7 @@ def _first_line(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
-def _check_folder(folder: Path) -> None:
+def check_folder(folder: Path) -> None:
     if not folder.is_dir():
         raise ModelError(f"model folder {folder} does not exist")
     if not (folder / "config.json").is_file():
@@ -210,7 +210,7 @@ def load(folder: str | Path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     folder = Path(folder)
-    _check_folder(folder)
+    check_folder(folder)
     quiet_transformers()
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)

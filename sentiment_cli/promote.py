@@ -236,15 +236,6 @@ def _gave_up(name: str) -> PromoteError:
 # ---------------------------------------------------------------- the candidate
 
 
-def _check_folder(folder: Path) -> None:
-    if not folder.is_dir():
-        raise PromoteError(f"model folder {folder} does not exist")
-    if not (folder / "config.json").is_file():
-        raise PromoteError(f"{folder} is not a model folder: it has no config.json")
-    if not list(folder.glob("*.safetensors")):
-        raise PromoteError(f"{folder} has no .safetensors weights to register")
-
-
 def _numeric(items: dict) -> dict[str, float]:
     out = {}
     for k, v in items.items():
@@ -278,7 +269,7 @@ def _folder_metrics(cfg, meta: dict, sha: str) -> dict[str, float]:
 
 def _run_for_folder(cfg, folder: Path, name: str):
     """The run holding this folder's weights: an existing version's, or a new run."""
-    _check_folder(folder)
+    model.check_folder(folder)  # the same rules as loading: safetensors, no remote code
     sha = model.weights_sha256(folder)
     meta = model.read_meta(folder)
     if meta.get(TAG_SHA) and meta[TAG_SHA] != sha:

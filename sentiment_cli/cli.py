@@ -73,8 +73,12 @@ def main_callback(
 
 
 def _run(step_call) -> object:
+    from sentiment_cli.config import ConfigError
+
     try:
         return step_call()
+    except ConfigError as exc:  # a bad option value: a usage error, like a bad --set
+        fail(str(exc), EXIT_USAGE)
     except user_errors() as exc:
         fail(str(exc))
 
@@ -126,9 +130,16 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port (default serve.port).")] = None,
     workers: Annotated[int | None, typer.Option(
         help="Worker processes, each with its own model copy (default serve.workers).")] = None,
+    runtime: Annotated[str | None, typer.Option(
+        help="torch, or onnx: ONNX Runtime, faster on a CPU; exported on first use "
+             "(default serve.runtime).")] = None,
     quantize: Annotated[bool | None, typer.Option(
         "--quantize/--no-quantize",
-        help="Dynamic int8 weights: faster on the CPU (default serve.quantize).")] = None,
+        help="int8 weights: faster on the CPU, slightly less accurate (default serve.quantize).")] = None,
+    accuracy_gate: Annotated[bool | None, typer.Option(
+        "--accuracy-gate/--no-accuracy-gate",
+        help="Serve a variant other than torch fp32 only if `sent eval` measured its accuracy "
+             "within serve.max_accuracy_drop (default serve.accuracy_gate).")] = None,
     verify_hash: Annotated[bool | None, typer.Option(
         "--verify-hash/--no-verify-hash",
         help="Refuse weights whose sha256 differs from the registry tag or sent.json "
@@ -142,7 +153,8 @@ def serve(
 
     cfg = load_config(profile, set_)
     _run(lambda: step.run(cfg, model=model, host=host, port=port, workers=workers,
-                          quantize=quantize, verify_hash=verify_hash))
+                          quantize=quantize, runtime=runtime, accuracy_gate=accuracy_gate,
+                          verify_hash=verify_hash))
 
 
 PROMOTE_HELP = (

@@ -29,6 +29,7 @@ class Paths:
     reports_dir: str = MISSING
     checkpoint_dir: str = MISSING
     prediction_log: str = MISSING
+    onnx_cache: str | None = MISSING
 
 
 @dataclass
@@ -89,6 +90,7 @@ class Train:
 class Eval:
     batch_size: int = MISSING
     max_misclassified: int = MISSING
+    compare: list[str] = MISSING
 
 
 @dataclass
@@ -118,7 +120,10 @@ class Serve:
     max_texts: int = MISSING
     max_text_chars: int = MISSING
     max_body_bytes: int = MISSING
+    runtime: str = MISSING
     quantize: bool = MISSING
+    accuracy_gate: bool = MISSING
+    max_accuracy_drop: float = MISSING
     threads: int = MISSING
     log_rotate_bytes: int = MISSING
     verify_hash: bool = MISSING
@@ -161,6 +166,8 @@ class Config:
 
 PRECISIONS = ("no", "fp16", "bf16")
 SCHEDULERS = ("linear", "cosine", "constant")
+RUNTIMES = ("torch", "onnx")
+VARIANTS = ("torch-fp32", "torch-int8", "onnx-fp32", "onnx-int8")  # runtime-precision; the first is the reference
 
 
 def _packaged(name: str) -> Path:
@@ -265,6 +272,10 @@ def _validate(cfg: DictConfig) -> None:
          "data.val_fraction + data.test_fraction must be below 1"),
         (cfg.model.max_length >= 8, "model.max_length must be at least 8"),
         (cfg.serve.max_batch_size >= 1 and cfg.serve.max_texts >= 1, "serve batch limits must be >= 1"),
+        (cfg.serve.runtime in RUNTIMES, f"serve.runtime must be one of {RUNTIMES}"),
+        (0 <= cfg.serve.max_accuracy_drop <= 1, "serve.max_accuracy_drop must be in [0, 1]"),
+        (all(v in VARIANTS[1:] for v in cfg.eval.compare),
+         f"eval.compare takes variants among {VARIANTS[1:]}"),
     ]
     for ok, message in checks:
         if not ok:

@@ -1,7 +1,9 @@
 """sent eval: score a model folder on a held-out split.
 
 Reads: a model folder (paths.model_dir by default), paths.data_dir/<split>.parquet.
-Writes: metrics/eval.json (accuracy, f1, precision, recall, loss, n, confusion matrix),
+Writes: metrics/eval.json (accuracy, f1, precision, recall, loss, n, confusion matrix, and for
+each variant in eval.compare its accuracy and agreement with fp32: what `sent serve` checks
+before it serves a faster variant),
 metrics/reference.json (what drift compares live traffic with), reports/confusion_matrix.png,
 reports/confusion_matrix.csv (actual,predicted per row, for `dvc plots`), reports/misclassified.csv;
 logs all of it to the model's MLflow run.
@@ -10,6 +12,7 @@ logs all of it to the model's MLflow run.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +48,26 @@ def reference_stats(texts: list[str], probs: np.ndarray, labels: list[str], toke
         # the raw samples: two-sample tests (KS) need them, and they are small
         "samples": {"confidence": [round(float(c), 6) for c in conf], "length_chars": chars.tolist()},
     }
+
+
+def compare_variant(cfg, folder: Path, name: str, texts: list[str], gold: np.ndarray,
+                    reference: np.ndarray) -> dict:
+    """Accuracy of a faster variant (torch-int8, onnx-fp32, onnx-int8) beside the fp32 model's."""
+    from sentiment_cli import onnxrt
+
+    runtime, quantize = onnxrt.parse_variant(name)
+    if runtime == "onnx":
+        predictor = onnxrt.OnnxPredictor.from_folder(folder, quantize=quantize, cache=cfg.paths.onnx_cache)
+    else:
+        predictor = model.Predictor.from_folder(folder, quantize=quantize, batch_size=cfg.eval.batch_size)
+    start = time.perf_counter()
+    probs = predictor.predict_proba(texts)
+    seconds = time.perf_counter() - start
+    pred = probs.argmax(axis=1)
+    return {"accuracy": float((pred == gold).mean()),
+            "agreement": float((pred == reference.argmax(axis=1)).mean()),
+            "max_prob_diff": float(np.abs(probs - reference).max()) if len(texts) else 0.0,
+            "texts_per_s": len(texts) / seconds if seconds > 0 else 0.0}
 
 
 def _confusion_plot(cm: np.ndarray, labels: list[str], path: Path, title: str) -> None:
@@ -84,7 +107,9 @@ def run(cfg, model_dir: Path | None = None, split: str = "test") -> Path:
         raise ModelError(f"model labels {labels} differ from the data's labels {data_meta['labels']}")
     texts = df["text"].tolist()
     gold = df["label"].to_numpy()
+    start = time.perf_counter()
     probs = predictor.predict_proba(texts)
+    seconds = time.perf_counter() - start
     pred = probs.argmax(axis=1)
     nll = -np.log(np.clip(probs[np.arange(len(gold)), gold], 1e-12, 1.0))
     scores = metrics.classification(gold.tolist(), pred.tolist(), labels)
@@ -100,7 +125,10 @@ def run(cfg, model_dir: Path | None = None, split: str = "test") -> Path:
         "weights_sha256": meta.get("weights_sha256"),
         "data_sha256": data_meta["sha256"],
         "mlflow_run_id": meta.get("mlflow_run_id"),
+        "texts_per_s": len(texts) / seconds,
     }
+    result["variants"] = {name: compare_variant(cfg, folder, name, texts, gold, probs)
+                          for name in cfg.eval.compare}
     metrics_dir, reports = Path(cfg.paths.metrics_dir), Path(cfg.paths.reports_dir)
     out = files.write_json_atomic(metrics_dir / "eval.json", result)
     token_lengths = [len(ids) for ids in predictor.tokenizer(texts, truncation=True,
@@ -122,6 +150,10 @@ def run(cfg, model_dir: Path | None = None, split: str = "test") -> Path:
                                         reports / "misclassified.csv"])
     print(f"{split}: accuracy {result['accuracy']:.4f} f1 {result['f1']:.4f} loss {result['loss']:.4f} "
           f"(n={result['n']}) → {out}")
+    for name, v in result["variants"].items():
+        print(f"{split}: {name} accuracy {v['accuracy']:.4f} ({v['accuracy'] - result['accuracy']:+.4f} "
+              f"against fp32), same label {v['agreement']:.1%}, {v['texts_per_s']:.0f} texts/s "
+              f"against fp32's {result['texts_per_s']:.0f}")
     return out
 
 
@@ -140,5 +172,9 @@ def _log_to_mlflow(cfg, result: dict, split: str, files: list[Path]) -> None:
         return
     with registry.run(cfg, run_id=run.info.run_id):
         registry.log_metrics({f"{split}_{k}": result[k] for k in ("accuracy", "f1", "precision", "recall", "loss")})
+        for name, v in result["variants"].items():
+            key = name.replace("-", "_")
+            registry.log_metrics({f"{split}_accuracy_{key}": v["accuracy"],
+                                  f"{split}_agreement_{key}": v["agreement"]})
         for path in files:
             registry.log_artifact(path, "eval")

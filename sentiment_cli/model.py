@@ -232,10 +232,19 @@ class Prediction:
 
 
 class Predictor:
-    """Texts in, labels and probabilities out; batches sorted by length to pad little."""
+    """Texts in, labels and probabilities out; batches sorted by length to pad little.
+
+    This one runs a torch model; onnxrt.OnnxPredictor runs the same folder in ONNX Runtime.
+    `variant` names what runs ("torch-fp32", "torch-int8", "onnx-int8", ...); `lanes` is how
+    many forward passes may run at once on separate threads (torch uses its own thread pool
+    inside one pass, so 1).
+    """
+
+    lanes = 1
 
     def __init__(self, model, tokenizer, *, max_length: int = 128, batch_size: int = 32,
-                 name: str = "model", version: str | None = None, meta: dict | None = None):
+                 name: str = "model", version: str | None = None, meta: dict | None = None,
+                 variant: str = "torch-fp32"):
         import torch
 
         self.model = model.eval()
@@ -245,6 +254,7 @@ class Predictor:
         self.name = name
         self.version = version
         self.meta = meta or {}
+        self.variant = variant
         id2label = model.config.id2label
         self.labels = [str(id2label[i]) for i in range(len(id2label))]
         self.device = next(model.parameters()).device
@@ -261,27 +271,40 @@ class Predictor:
         tokenizer, model, meta = load(folder)
         if quantize:
             model = quantize_dynamic(model)
-        max_length = int(meta.get("config", {}).get("model", {}).get("max_length", 128))
-        return cls(model, tokenizer, max_length=max_length, batch_size=batch_size,
-                   name=name or Path(folder).name, version=version, meta=meta)
+        return cls(model, tokenizer, max_length=max_length_of(meta), batch_size=batch_size,
+                   name=name or Path(folder).name, version=version, meta=meta,
+                   variant="torch-int8" if quantize else "torch-fp32")
 
-    def predict_proba(self, texts: Sequence[str]):
-        """An (n, labels) float32 numpy array of probabilities, in input order."""
+    @property
+    def on_cpu(self) -> bool:
+        return self.device.type == "cpu"
+
+    def predict_proba(self, texts: Sequence[str], parallel: bool = True):
+        """An (n, labels) float32 numpy array of probabilities, in input order.
+
+        parallel=False keeps to the calling thread (serve runs its lanes itself)."""
         import numpy as np
 
-        torch = self._torch
         out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        with torch.inference_mode():
-            for start in range(0, len(order), self.batch_size):
-                idx = order[start:start + self.batch_size]
-                enc = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
-                                     max_length=self.max_length, return_tensors="pt")
-                enc = {k: v.to(self.device) for k, v in enc.items() if k != "token_type_ids"
-                       or "token_type_ids" in self._forward_args}
-                logits = self.model(**enc).logits.float()
-                out[idx] = torch.softmax(logits, dim=-1).cpu().numpy()
+        chunks = [order[s:s + self.batch_size] for s in range(0, len(order), self.batch_size)]
+        probs = self._map(lambda idx: self._probs([texts[i] for i in idx]), chunks, parallel)
+        for idx, p in zip(chunks, probs, strict=True):
+            out[idx] = p
         return out
+
+    def _map(self, fn, chunks, parallel: bool):
+        return map(fn, chunks)
+
+    def _probs(self, batch: list[str]):
+        torch = self._torch
+        with torch.inference_mode():
+            enc = self.tokenizer(batch, padding=True, truncation=True, max_length=self.max_length,
+                                 return_tensors="pt")
+            enc = {k: v.to(self.device) for k, v in enc.items() if k != "token_type_ids"
+                   or "token_type_ids" in self._forward_args}
+            logits = self.model(**enc).logits.float()
+            return torch.softmax(logits, dim=-1).cpu().numpy()
 
     @property
     def _forward_args(self) -> set[str]:
@@ -291,8 +314,8 @@ class Predictor:
             self._args = set(inspect.signature(self.model.forward).parameters)
         return self._args
 
-    def predict(self, texts: Sequence[str]) -> list[Prediction]:
-        probs = self.predict_proba(texts)
+    def predict(self, texts: Sequence[str], parallel: bool = True) -> list[Prediction]:
+        probs = self.predict_proba(texts, parallel)
         results = []
         for row in probs:
             i = int(row.argmax())
@@ -301,6 +324,11 @@ class Predictor:
                 probabilities={name: float(p) for name, p in zip(self.labels, row, strict=True)},
             ))
         return results
+
+
+def max_length_of(meta: dict[str, Any]) -> int:
+    """The max_length the model was trained with (sent.json), 128 for folders from elsewhere."""
+    return int(meta.get("config", {}).get("model", {}).get("max_length", 128))
 
 
 def quantize_dynamic(model):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -36,6 +37,7 @@ import msgspec
 
 from sentiment_cli import config, predlog
 from sentiment_cli.model import ModelError, Prediction, Predictor, read_meta, weights_sha256
+from sentiment_cli.onnxrt import variant as variant_name
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,11 @@ READY_WAIT_S = 30.0  # a request that finds its worker still loading waits this 
 # A gathered batch is sorted by length and run in chunks of this many texts: on a CPU a chunk
 # past ~8 reviews is no faster per text and pads more (docs/performance.md, Serving).
 CPU_CHUNK = 8
+# ONNX Runtime passes are single-threaded, one per core, one text each: unpadded single texts
+# beat padded batches there (docs/performance.md, Serving).
+ONNX_CHUNK = 1
+RUNTIMES = config.RUNTIMES
+REFERENCE = config.VARIANTS[0]  # what the faster variants are measured against
 GRACEFUL_SHUTDOWN_S = 30  # in-flight requests get this long after SIGTERM; Cloud Run allows 10 s+
 LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
 JSON_TYPES = ("application/json",)
@@ -143,7 +150,7 @@ class Metrics:
         self.queued = Gauge("sent_queued_texts", "Texts waiting for a forward pass",
                             multiprocess_mode="livesum")
         self.model_info = Gauge("sent_model_info", "The model being served (value 1)",
-                                ["name", "version", "quantized"], multiprocess_mode="livemax")
+                                ["name", "version", "variant"], multiprocess_mode="livemax")
 
 
 _metrics: Metrics | None = None
@@ -168,24 +175,32 @@ class _Item:
 
 
 class Batcher:
-    """Gathers the texts of concurrent requests into one forward pass on one worker thread."""
+    """Gathers the texts of concurrent requests into forward passes on worker threads.
+
+    With one lane (torch: its own threads work inside each pass) a batch holds up to
+    max_batch_size texts, and the next batch is gathered while nothing runs. With more lanes
+    (ONNX Runtime: one single-threaded pass per core) up to `lanes` batches run at once.
+    """
 
     def __init__(self, predict: Callable[[list[str]], list[Prediction]], *, max_batch_size: int,
-                 max_wait_ms: float, on_batch: Callable[[int, float], None] | None = None) -> None:
+                 max_wait_ms: float, on_batch: Callable[[int, float], None] | None = None,
+                 lanes: int = 1) -> None:
         self._predict = predict
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000
+        self.lanes = max(1, lanes)
         self._on_batch = on_batch
         self._queue: asyncio.Queue[_Item | None] = asyncio.Queue()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sent-forward")
+        self._executor = ThreadPoolExecutor(max_workers=self.lanes, thread_name_prefix="sent-forward")
         self._task: asyncio.Task | None = None
+        self._running: set[asyncio.Task] = set()
         self.queued_texts = 0
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="sent-batcher")
 
     async def call(self, fn: Callable[[], Any]) -> Any:
-        """Run fn on the forward thread (the warm-up uses it: same thread, same torch state)."""
+        """Run fn on a forward thread (the warm-up uses it: same threads, same torch state)."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
     async def predict(self, texts: Sequence[str]) -> list[Prediction]:
@@ -197,7 +212,7 @@ class Batcher:
         return await item.future
 
     async def stop(self) -> None:
-        """Finish the batches already queued, then stop."""
+        """Finish the batches already queued and running, then stop."""
         if self._task is not None and not self._task.done():
             self._queue.put_nowait(None)
             await self._task
@@ -218,13 +233,16 @@ class Batcher:
     async def _run(self) -> None:
         carried: _Item | None = None
         stopping = False
+        free = asyncio.Semaphore(self.lanes)
         while not stopping:
+            await free.acquire()  # gather only when a lane can take the batch
             first = carried or await self._queue.get()
             carried = None
             if first is None:
+                free.release()
                 break
             batch, count = [first], len(first.texts)
-            # Requests that queued while the model was busy are taken at once; the wait only
+            # Requests that queued while the lanes were busy are taken at once; the wait only
             # bounds how long the oldest one may sit for company.
             deadline = first.arrived + self.max_wait
             while count < self.max_batch_size:
@@ -239,9 +257,23 @@ class Batcher:
                     break
                 batch.append(item)
                 count += len(item.texts)
-            await self._forward(batch)
+            self._launch(batch, free)
         if carried is not None:
-            await self._forward([carried])
+            await free.acquire()
+            self._launch([carried], free)
+        if self._running:
+            await asyncio.gather(*self._running)
+
+    def _launch(self, batch: list[_Item], free: asyncio.Semaphore) -> None:
+        async def forward() -> None:
+            try:
+                await self._forward(batch)
+            finally:
+                free.release()
+
+        task = asyncio.get_running_loop().create_task(forward())
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
 
     async def _forward(self, batch: list[_Item]) -> None:
         self.queued_texts -= sum(len(i.texts) for i in batch)
@@ -303,27 +335,80 @@ def resolve(cfg, uri: str, verify_hash: bool) -> tuple[Path, dict[str, Any]]:
     return Path(folder), info
 
 
-def load_predictor(cfg, folder: Path, info: dict[str, Any], threads: int | None = None
-                   ) -> Predictor:
+def load_predictor(cfg, folder: Path, info: dict[str, Any], threads: int | None = None,
+                   gate: bool = True) -> Predictor:
+    """The predictor serve.runtime and serve.quantize ask for, after the accuracy gate."""
     s = cfg.serve
-    predictor = Predictor.from_folder(
-        folder, quantize=s.quantize, threads=s.threads if threads is None else threads,
-        batch_size=CPU_CHUNK, name=str(info.get("name") or folder.name))
-    if predictor.device.type != "cpu":
-        predictor.batch_size = s.max_batch_size  # an accelerator wants the whole batch at once
+    threads = s.threads if threads is None else threads
+    name = str(info.get("name") or folder.name)
+    wanted = variant_name(s.runtime, s.quantize)
+    if gate and s.accuracy_gate and wanted != REFERENCE:
+        check_accuracy(cfg, folder, info, wanted)
+    if s.runtime == "onnx":
+        from sentiment_cli.onnxrt import OnnxPredictor
+
+        predictor: Predictor = OnnxPredictor.from_folder(
+            folder, quantize=s.quantize, threads=threads, batch_size=ONNX_CHUNK, name=name,
+            cache=cfg.paths.onnx_cache)
+    else:
+        predictor = Predictor.from_folder(folder, quantize=s.quantize, threads=threads,
+                                          batch_size=CPU_CHUNK, name=name)
+        if not predictor.on_cpu:
+            predictor.batch_size = s.max_batch_size  # an accelerator wants the whole batch at once
     predictor.version = model_version(info, predictor.meta)
     return predictor
+
+
+def measured_accuracy(cfg, folder: Path, info: dict[str, Any], variant: str
+                      ) -> tuple[float, float, str] | None:
+    """(fp32 accuracy, variant accuracy, where it was read) from `sent eval`, or None.
+
+    Looked up in the model's MLflow run (eval logs test_accuracy_<variant> there), then in
+    paths.metrics_dir/eval.json when that file evaluated these very weights (same sha256).
+    """
+    key = variant.replace("-", "_")
+    meta = read_meta(folder)
+    run_id = info.get("run_id") or meta.get("mlflow_run_id")
+    if run_id and cfg.mlflow.enabled:
+        from sentiment_cli import registry
+
+        with contextlib.suppress(registry.RegistryError):
+            found = registry.get_run(cfg, str(run_id)).data.metrics
+            if "test_accuracy" in found and f"test_accuracy_{key}" in found:
+                return found["test_accuracy"], found[f"test_accuracy_{key}"], f"MLflow run {run_id}"
+    path = Path(cfg.paths.metrics_dir) / "eval.json"
+    with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+        result = json.loads(path.read_text())
+        digest = info.get("weights_sha256") or meta.get("weights_sha256") or weights_sha256(folder)
+        if result.get("weights_sha256") == digest and variant in result.get("variants", {}):
+            return float(result["accuracy"]), float(result["variants"][variant]["accuracy"]), str(path)
+    return None
+
+
+def check_accuracy(cfg, folder: Path, info: dict[str, Any], variant: str) -> None:
+    """Refuse a faster variant whose accuracy was not measured, or fell too far below fp32."""
+    limit = cfg.serve.max_accuracy_drop
+    found = measured_accuracy(cfg, folder, info, variant)
+    if found is None:
+        raise ModelError(
+            f"{variant} has no accuracy measurement for this model: run `sent eval` with {variant} in "
+            f"eval.compare (the default) on these weights first, or pass --no-accuracy-gate")
+    fp32, fast, source = found
+    if fp32 - fast > limit:
+        raise ModelError(
+            f"{variant} accuracy {fast:.4f} is {fp32 - fast:.4f} below fp32 ({fp32:.4f}, {source}); "
+            f"serve.max_accuracy_drop is {limit}: serve it as {REFERENCE} instead")
+    log.info("%s accuracy %.4f against fp32 %.4f (%s): within %s", variant, fast, fp32, source, limit)
 
 
 class Service:
     """State shared by the routes: the predictor, the batcher, the prediction log, readiness."""
 
     def __init__(self, cfg, predictor: Predictor | None, loader: Callable[[], Predictor] | None,
-                 quantized: bool | None = None, ready_wait_s: float = 0.0) -> None:
+                 ready_wait_s: float = 0.0) -> None:
         self.cfg = cfg
         self.predictor = predictor
         self.loader = loader
-        self.quantized = cfg.serve.quantize if quantized is None else quantized
         self.status = "loading"
         self.detail: str | None = None
         self.ready_wait_s = ready_wait_s
@@ -372,21 +457,27 @@ class Service:
                 m.batch_size.observe(n)
                 m.forward_seconds.observe(seconds)
 
-            batcher = Batcher(predictor.predict, max_batch_size=s.max_batch_size,
-                              max_wait_ms=s.max_wait_ms, on_batch=on_batch)
+            lanes = getattr(predictor, "lanes", 1)
+            if lanes > 1:  # each lane runs one small batch on one thread, side by side
+                batcher = Batcher(functools.partial(predictor.predict, parallel=False),
+                                  max_batch_size=min(s.max_batch_size, predictor.batch_size),
+                                  max_wait_ms=s.max_wait_ms, on_batch=on_batch, lanes=lanes)
+            else:
+                batcher = Batcher(predictor.predict, max_batch_size=s.max_batch_size,
+                                  max_wait_ms=s.max_wait_ms, on_batch=on_batch)
             start = time.perf_counter()
             # One pass before traffic pays the first call's costs: lazy allocations, kernel choice.
             await batcher.call(lambda: predictor.predict(["warm-up: a short review"]))
             batcher.start()
             self.batcher = batcher
             self._info_labels = (predictor.name, str(predictor.version),
-                                 str(self.quantized).lower())
+                                 getattr(predictor, "variant", REFERENCE))
             m.model_info.labels(*self._info_labels).set(1)
             self.status = "ready"
             self._settled.set()
             logging.getLogger("uvicorn.error").info(
-                "model %s version %s ready (warm-up %.0f ms, quantized=%s)", predictor.name,
-                predictor.version, (time.perf_counter() - start) * 1000, self.quantized)
+                "model %s version %s ready as %s (warm-up %.0f ms)", predictor.name,
+                predictor.version, self._info_labels[2], (time.perf_counter() - start) * 1000)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -459,7 +550,7 @@ PAGE_HEADERS = {
 
 
 def create_app(cfg, predictor: Predictor | None = None, model_uri: str | None = None, *,
-               loader: Callable[[], Predictor] | None = None, quantized: bool | None = None,
+               loader: Callable[[], Predictor] | None = None,
                ready_wait_s: float = READY_WAIT_S, debug: bool = False):
     """The Litestar app. With no predictor, the lifespan runs `loader`, by default one that
     resolves `model_uri` (serve.model when None), checks its hash and loads it.
@@ -485,7 +576,7 @@ def create_app(cfg, predictor: Predictor | None = None, model_uri: str | None = 
         def loader() -> Predictor:
             return load_predictor(cfg, *resolve(cfg, uri, s.verify_hash))
 
-    service = Service(cfg, predictor, loader, quantized, ready_wait_s)
+    service = Service(cfg, predictor, loader, ready_wait_s)
     req_type = request_type(s.max_texts, s.max_text_chars)
     body_schema = request_schema(req_type)
     decoder = msgspec.json.Decoder(req_type)
@@ -640,6 +731,8 @@ def _check(cfg) -> None:
         raise config.ConfigError(f"serve.workers must be at least 1, not {s.workers}")
     if s.max_wait_ms < 0 or s.max_text_chars < 1 or s.max_body_bytes < 1:
         raise config.ConfigError("serve.max_wait_ms must be >= 0 and the size limits >= 1")
+    if s.runtime not in RUNTIMES:
+        raise config.ConfigError(f"serve.runtime must be one of {', '.join(RUNTIMES)}, not {s.runtime!r}")
 
 
 def app_from_env():
@@ -652,14 +745,15 @@ def app_from_env():
 
 
 def run(cfg, *, model: str | None = None, host: str | None = None, port: int | None = None,
-        workers: int | None = None, quantize: bool | None = None,
-        verify_hash: bool | None = None) -> None:
+        workers: int | None = None, quantize: bool | None = None, runtime: str | None = None,
+        accuracy_gate: bool | None = None, verify_hash: bool | None = None) -> None:
     """Resolve and check the model, then serve until SIGINT/SIGTERM (graceful: in-flight requests
     finish and the prediction log is flushed)."""
     import uvicorn
 
     cfg = with_overrides(cfg, model=model, host=host, port=port, workers=workers,
-                         quantize=quantize, verify_hash=verify_hash)
+                         quantize=quantize, runtime=runtime, accuracy_gate=accuracy_gate,
+                         verify_hash=verify_hash)
     _check(cfg)
     s = cfg.serve
     folder, info = resolve(cfg, s.model, s.verify_hash)
@@ -667,8 +761,14 @@ def run(cfg, *, model: str | None = None, host: str | None = None, port: int | N
     threads = s.threads or (max(1, (os.cpu_count() or 1) // s.workers) if s.workers > 1 else 0)
     common = dict(host=s.host, port=s.port, log_level="info",
                   timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, lifespan="on")
+    if s.accuracy_gate and variant_name(s.runtime, s.quantize) != REFERENCE:
+        check_accuracy(cfg, folder, info, variant_name(s.runtime, s.quantize))  # refuse before binding
+    if s.runtime == "onnx" and s.workers > 1:
+        from sentiment_cli import onnxrt
+
+        onnxrt.build(folder, quantize=s.quantize, cache=cfg.paths.onnx_cache)  # once, not per worker
     if s.workers == 1:
-        predictor = load_predictor(cfg, folder, info, threads=threads)
+        predictor = load_predictor(cfg, folder, info, threads=threads, gate=False)  # checked above
         uvicorn.run(create_app(cfg, predictor=predictor), **common)
         return
     os.environ[SPEC_ENV] = json.dumps({"config": config.to_dict(cfg), "folder": str(folder),

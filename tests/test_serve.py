@@ -338,7 +338,7 @@ def test_metrics_count_requests_labels_batches_and_model(client):
     assert delta("sent_http_requests_total", path="/predict", status_code="200") == 1
     assert delta("sent_http_requests_total", path="/predict", status_code="422") == 1
     assert delta("sent_http_request_duration_seconds_count", path="/predict") == 2
-    assert metric(after, "sent_model_info", name="tiny", version="7", quantized="false") == 1
+    assert metric(after, "sent_model_info", name="tiny", version="7", variant="torch-fp32") == 1
     assert client.get("/metrics").headers["content-type"].startswith("text/plain")
 
 
@@ -522,6 +522,124 @@ def test_batcher_passes_a_model_error_to_its_batch_and_carries_on():
     assert [p.label for p in later] == ["c"]
 
 
+def test_batcher_lanes_run_side_by_side_and_stop_finishes_them():
+    active = peak = 0
+    lock = threading.Lock()
+
+    def predict(texts):
+        nonlocal active, peak
+        with lock:
+            active += 1
+            peak = max(peak, active)
+        time.sleep(0.05)
+        with lock:
+            active -= 1
+        return [_fake_prediction(t) for t in texts]
+
+    async def main():
+        b = serve.Batcher(predict, max_batch_size=1, max_wait_ms=5, lanes=2)
+        b.start()
+        pending = [asyncio.ensure_future(b.predict([f"r{i}"])) for i in range(7)]
+        await asyncio.sleep(0.01)
+        await b.stop()  # queued and running requests are all answered first
+        return [p.result() for p in pending]
+
+    results = asyncio.run(main())
+    assert [[p.label for p in r] for r in results] == [[f"r{i}"] for i in range(7)]
+    assert peak == 2  # two lanes busy at once, never more
+
+
+# ---------------------------------------------------------------- the ONNX Runtime variant
+
+
+@pytest.fixture(scope="module")
+def onnx_predictor(tiny_model_dir, tmp_path_factory):
+    from sentiment_cli.onnxrt import OnnxPredictor
+
+    return OnnxPredictor.from_folder(tiny_model_dir, quantize=True, threads=2, name="tiny", version="7",
+                                     cache=str(tmp_path_factory.mktemp("onnx")))
+
+
+def test_the_onnx_variant_serves_the_same_api(cfg, onnx_predictor, tiny_predictor):
+    texts = ["a gripping story", "dull", "the worst movie i have seen in years", "charming"]
+    with TestClient(serve.create_app(cfg, predictor=onnx_predictor)) as c:
+        wait_ready(c)
+        before = scrape(c)
+        with ThreadPoolExecutor(4) as pool:  # concurrent requests spread over the two lanes
+            answers = list(pool.map(lambda t: c.post("/predict", json={"text": t}), texts * 3))
+        samples = scrape(c)
+    assert all(r.status_code == 200 for r in answers)
+    got = [r.json()["predictions"][0] for r in answers]
+    expected = onnx_predictor.predict(texts * 3, parallel=False)
+    assert [g["label"] for g in got] == [e.label for e in expected]
+    torch_probs = tiny_predictor.predict_proba(texts * 3)
+    assert max(abs(g["probabilities"]["pos"] - tp[1]) for g, tp in zip(got, torch_probs, strict=True)) < 0.05
+    assert metric(samples, "sent_model_info", name="tiny", version="7", variant="onnx-int8") == 1
+    for name in ("sent_batch_size_sum", "sent_batch_size_count"):  # every text once, batches of one
+        assert metric(samples, name) - metric(before, name) == 12
+
+
+def _eval_json(folder: Path, accuracy: float, variants: dict[str, float], weights: str | None = None):
+    from sentiment_cli.model import weights_sha256
+
+    Path("metrics").mkdir(exist_ok=True)
+    Path("metrics/eval.json").write_text(json.dumps({
+        "accuracy": accuracy, "weights_sha256": weights or weights_sha256(folder),
+        "variants": {k: {"accuracy": v} for k, v in variants.items()}}))
+
+
+@pytest.fixture
+def started(monkeypatch):
+    """uvicorn.run replaced: the apps it would have served."""
+    import uvicorn
+
+    apps = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: apps.append(app))
+    return apps
+
+
+def test_a_faster_variant_needs_its_accuracy_measured(tmp_path, tiny_model_dir, monkeypatch, started):
+    monkeypatch.chdir(tmp_path)
+    model = str(tiny_model_dir)
+    result = _invoke("--model", model, "--runtime", "onnx", "--quantize")
+    assert result.exit_code == 1 and "onnx-int8 has no accuracy measurement" in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+
+    _eval_json(tiny_model_dir, 0.80, {"onnx-int8": 0.79}, weights="other weights")
+    result = _invoke("--model", model, "--runtime", "onnx", "--quantize")
+    assert result.exit_code == 1 and "no accuracy measurement" in result.output  # not these weights
+
+    _eval_json(tiny_model_dir, 0.80, {"onnx-int8": 0.78, "torch-int8": 0.795})
+    result = _invoke("--model", model, "--runtime", "onnx", "--quantize")
+    assert result.exit_code == 1 and "0.0200 below fp32" in result.output
+    assert "max_accuracy_drop is 0.01" in result.output
+    assert not started
+
+    result = _invoke("--model", model, "--quantize")  # torch-int8: 0.005 below, within 0.01
+    assert result.exit_code == 0, result.output and len(started) == 1
+    result = _invoke("--model", model, "--runtime", "onnx", "--quantize", "--set", "serve.max_accuracy_drop=0.03")
+    assert result.exit_code == 0, result.output
+    result = _invoke("--model", model, "--runtime", "onnx", "--no-quantize", "--no-accuracy-gate")
+    assert result.exit_code == 0, result.output
+    assert len(started) == 3
+    result = _invoke("--model", model, "--runtime", "tensorrt")
+    assert result.exit_code == 2 and "serve.runtime" in result.output
+
+
+def test_the_gate_reads_the_champions_mlflow_run(store, tmp_path, started):
+    from sentiment_cli import registry
+
+    run_id = store.train_run(0.8, metrics={"test_accuracy_onnx_int8": 0.797})
+    assert registry_fixtures.promote_cli().exit_code == 0
+    result = _invoke("--runtime", "onnx", "--quantize")
+    assert result.exit_code == 0, result.output
+    with registry.run(store.cfg(), run_id=run_id):
+        registry.log_metrics({"test_accuracy_onnx_int8": 0.70})  # a later eval: far worse
+    result = _invoke("--runtime", "onnx", "--quantize")
+    assert result.exit_code == 1 and f"MLflow run {run_id}" in result.output
+    assert len(started) == 1
+
+
 # ---------------------------------------------------------------- the command line
 
 
@@ -605,7 +723,7 @@ def test_cli_hands_uvicorn_the_app_and_the_options(tmp_path, tiny_model_dir, mon
     assert (kw["host"], kw["port"], kw["timeout_graceful_shutdown"]) == ("0.0.0.0", 8123, 30)
 
     # Several workers: an import string and a factory, the resolved model passed by environment.
-    result = _invoke("--model", str(tiny_model_dir), "--workers", "2", "--quantize")
+    result = _invoke("--model", str(tiny_model_dir), "--workers", "2", "--quantize", "--no-accuracy-gate")
     assert result.exit_code == 0, result.output
     app, kw = calls.pop()
     assert app == "sentiment_cli.serve:app_from_env" and kw["factory"] and kw["workers"] == 2
@@ -620,7 +738,8 @@ def test_cli_hands_uvicorn_the_app_and_the_options(tmp_path, tiny_model_dir, mon
 def test_cli_help_names_the_options():
     result = CliRunner().invoke(cli_app, ["serve", "--help"])
     assert result.exit_code == 0
-    for option in ("--model", "--host", "--port", "--workers", "--quantize", "--no-verify-hash"):
+    for option in ("--model", "--host", "--port", "--workers", "--runtime", "--quantize",
+                   "--no-accuracy-gate", "--no-verify-hash"):
         assert option in result.output
 
 

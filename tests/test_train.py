@@ -47,7 +47,8 @@ def test_pipeline_is_tracked_in_mlflow(pipeline):
     assert run.data.params["train.lr"] == "0.002" and run.data.params["model.name"] == "scratch"
     assert run.data.params["data.sha256"]
     for key in ("val_loss", "val_accuracy", "val_f1", "train_samples_per_second",
-                "test_accuracy", "test_f1", "test_precision", "test_recall", "test_loss"):
+                "test_accuracy", "test_f1", "test_precision", "test_recall", "test_loss",
+                "test_accuracy_torch_int8", "test_accuracy_onnx_int8", "test_agreement_onnx_int8"):
         assert key in run.data.metrics, key
     losses = client.get_metric_history(run_id, "train_loss")
     assert len(losses) >= 3 and [m.step for m in losses] == sorted(m.step for m in losses)
@@ -64,6 +65,11 @@ def test_eval_outputs(pipeline):
         assert ev[key] >= 0.0 and (key == "loss" or ev[key] <= 1.0)
     cm = ev["confusion_matrix"]
     assert sum(map(sum, cm)) == 1066 and ev["accuracy"] == pytest.approx((cm[0][0] + cm[1][1]) / 1066)
+    # eval.compare (default torch-int8, onnx-int8): each faster variant scored on the same texts
+    assert set(ev["variants"]) == {"torch-int8", "onnx-int8"}
+    for v in ev["variants"].values():
+        assert abs(v["accuracy"] - ev["accuracy"]) < 0.05 and v["agreement"] > 0.9
+        assert 0 <= v["max_prob_diff"] < 0.5 and v["texts_per_s"] > 0
     ref = json.loads((pipeline / "metrics" / "reference.json").read_text())
     assert sum(ref["predicted_label_distribution"].values()) == pytest.approx(1.0)
     assert len(ref["samples"]["confidence"]) == 1066 and ref["text_length_chars"]["mean"] > 10

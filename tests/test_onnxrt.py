@@ -1,0 +1,113 @@
+"""The ONNX Runtime variant: export checked against torch, a verified cache, the same answers."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from sentiment_cli import config, model, onnxrt
+from sentiment_cli.model import ModelError
+
+TEXTS = [f"{w} movie with {x} acting" for w in ("great", "awful", "fine", "dull", "superb")
+         for x in ("wooden", "lively", "plain")] + ["x", "a much longer review of a film " * 12]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    import torch
+
+    torch.manual_seed(0)
+    cfg = config.load("tiny", root=tmp_path_factory.mktemp("cfg"))
+    tok, net = model.build(cfg, ["neg", "pos"], train_texts=TEXTS * 3)
+    out = tmp_path_factory.mktemp("m") / "tiny"
+    model.save(out, net, tok, {"config": config.to_dict(cfg)})
+    return out
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("onnx-cache"))
+
+
+def test_fp32_export_gives_the_torch_models_probabilities(folder, cache):
+    torch_p = model.Predictor.from_folder(folder, batch_size=4)
+    onnx_p = onnxrt.OnnxPredictor.from_folder(folder, quantize=False, cache=cache, batch_size=4)
+    assert onnx_p.variant == "onnx-fp32" and onnx_p.labels == ["neg", "pos"]
+    assert onnx_p.input_names[:2] == ["input_ids", "attention_mask"]
+    np.testing.assert_allclose(onnx_p.predict_proba(TEXTS), torch_p.predict_proba(TEXTS), atol=1e-4)
+
+
+def test_int8_is_close_and_lanes_change_nothing(folder, cache):
+    reference = model.Predictor.from_folder(folder).predict_proba(TEXTS)
+    int8 = onnxrt.OnnxPredictor.from_folder(folder, quantize=True, cache=cache, threads=2)
+    assert int8.variant == "onnx-int8" and int8.lanes == 2 and int8.batch_size == 1
+    parallel = int8.predict_proba(TEXTS)
+    serial = int8.predict_proba(TEXTS, parallel=False)
+    np.testing.assert_array_equal(parallel, serial)  # results land in input order from any lane
+    assert np.abs(parallel - reference).max() < 0.05
+    preds = int8.predict(TEXTS[:3], parallel=False)
+    assert [p.label_id for p in preds] == parallel[:3].argmax(1).tolist()
+
+
+def test_the_export_is_built_once_and_reused(folder, cache, monkeypatch):
+    first = onnxrt.build(folder, quantize=True, cache=cache)
+
+    def export_again(*args, **kwargs):
+        raise AssertionError("exported twice")
+
+    monkeypatch.setattr(onnxrt, "_export_all", export_again)
+    assert onnxrt.build(folder, quantize=True, cache=cache) == first
+    manifest = json.loads((first.parent / "manifest.json").read_text())
+    assert manifest["weights_sha256"] == model.weights_sha256(folder)
+    assert manifest["max_prob_diff_fp32"] <= onnxrt.EXPORT_TOLERANCE
+    assert set(manifest["files"]) == {"model.onnx", "model.int8.onnx"}
+
+
+def test_new_weights_get_their_own_export(folder, cache, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    assert onnxrt.cache_dir(copy, cache) == onnxrt.cache_dir(folder, cache)
+    data = bytearray((copy / "model.safetensors").read_bytes())
+    data[-1] ^= 0x01
+    (copy / "model.safetensors").write_bytes(bytes(data))
+    assert onnxrt.cache_dir(copy, cache) != onnxrt.cache_dir(folder, cache)
+
+
+def test_a_changed_cached_file_is_refused(folder, tmp_path):
+    cache = str(tmp_path / "cache")
+    path = onnxrt.build(folder, quantize=False, cache=cache)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="does not match its manifest"):
+        onnxrt.OnnxPredictor.from_folder(folder, cache=cache)
+
+
+def test_an_export_that_disagrees_with_torch_is_not_kept(folder, tmp_path, monkeypatch):
+    monkeypatch.setattr(onnxrt, "_compare", lambda *args: 0.25)
+    cache = tmp_path / "cache"
+    with pytest.raises(ModelError, match="differs from the torch model by 0.25"):
+        onnxrt.build(folder, quantize=True, cache=str(cache))
+    assert [p for p in cache.iterdir() if p.is_dir()] == []  # nothing half-built is left to reuse
+
+
+def test_untrusted_folders_are_refused_before_export(folder, tmp_path):
+    pickled = tmp_path / "pickled"
+    shutil.copytree(folder, pickled)
+    (pickled / "model.safetensors").rename(pickled / "pytorch_model.bin")
+    with pytest.raises(ModelError, match="pickled weights are never loaded"):
+        onnxrt.build(pickled, quantize=True, cache=str(tmp_path / "cache"))
+
+
+def test_variant_names():
+    assert onnxrt.variant("onnx", True) == "onnx-int8" and onnxrt.variant("torch", False) == "torch-fp32"
+    assert onnxrt.parse_variant("torch-int8") == ("torch", True)
+    with pytest.raises(ModelError, match="unknown model variant"):
+        onnxrt.parse_variant("onnx-fp16")
+
+
+def test_the_default_cache_follows_xdg(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert onnxrt.cache_root() == tmp_path / "sent" / "onnx"
+    assert onnxrt.cache_root("~/elsewhere") != tmp_path / "sent" / "onnx"

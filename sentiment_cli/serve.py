@@ -345,11 +345,13 @@ def load_predictor(cfg, folder: Path, info: dict[str, Any], threads: int | None 
     if gate and s.accuracy_gate and wanted != REFERENCE:
         check_accuracy(cfg, folder, info, wanted)
     if s.runtime == "onnx":
-        from sentiment_cli.onnxrt import OnnxPredictor
+        from sentiment_cli.onnxrt import OnnxPredictor, usable_cores
 
+        # One lane more than cores: while a lane is in Python (tokenising, answering) or the event
+        # loop holds the GIL, the spare lane keeps both cores in ONNX Runtime (docs/performance.md).
         predictor: Predictor = OnnxPredictor.from_folder(
-            folder, quantize=s.quantize, threads=threads, batch_size=ONNX_CHUNK, name=name,
-            cache=cfg.paths.onnx_cache)
+            folder, quantize=s.quantize, threads=threads or usable_cores() + 1, batch_size=ONNX_CHUNK,
+            name=name, cache=cfg.paths.onnx_cache)
     else:
         predictor = Predictor.from_folder(folder, quantize=s.quantize, threads=threads,
                                           batch_size=CPU_CHUNK, name=name)

@@ -815,3 +815,29 @@ def test_several_workers_share_metrics_and_the_log(tmp_path, tiny_model_dir):
                     if s.name == "sent_predictions_total")
     assert predicted == len(texts)
     assert code in (0, -signal.SIGTERM), server.text()
+
+
+@pytest.mark.slow
+def test_onnx_int8_workers_share_one_export_and_answer(tmp_path, tiny_model_dir):
+    from sentiment_cli.model import weights_sha256
+
+    # The gate reads eval.json of these weights from the server's working directory.
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "eval.json").write_text(json.dumps({
+        "accuracy": 0.75, "weights_sha256": weights_sha256(tiny_model_dir),
+        "variants": {"onnx-int8": {"accuracy": 0.745}}}))
+    cache = tmp_path / "onnx-cache"
+    texts = [f"onnx review {i}" for i in range(24)]
+    with running_server(tiny_model_dir, tmp_path, "--workers", "2", "--runtime", "onnx", "--quantize",
+                        "--set", f"paths.onnx_cache={cache}") as server:
+        with ThreadPoolExecutor(6) as pool:
+            responses = list(pool.map(
+                lambda t: httpx.post(f"{server.url}/predict", json={"text": t}, timeout=60), texts))
+        families = {f.name: f for f in text_string_to_metric_families(
+            httpx.get(f"{server.url}/metrics").text)}
+        server.stop()
+    assert [r.status_code for r in responses] == [200] * len(texts), server.text()
+    variants = {s.labels["variant"] for s in families["sent_model_info"].samples if s.value == 1}
+    assert variants == {"onnx-int8"}
+    assert len([p for p in cache.iterdir() if p.is_dir()]) == 1  # exported once, by the parent
+    assert sorted(r["text"] for r in predlog.read_predictions(server.log_dir)) == sorted(texts)

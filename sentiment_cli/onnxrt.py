@@ -21,6 +21,7 @@ Accuracy: `sent eval` measures each variant against the fp32 torch model (eval.c
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -157,8 +158,9 @@ def _export_all(folder: Path, out: Path) -> None:
         if worst > EXPORT_TOLERANCE:
             raise ModelError(f"the ONNX export of {folder} differs from the torch model by {worst:.2g} "
                              f"in probability (allowed {EXPORT_TOLERANCE}); use serve.runtime=torch")
-        quantize_dynamic(str(fused), str(tmp / "model.int8.onnx"), weight_type=QuantType.QInt8,
-                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+        with _without_preprocessing_advice():
+            quantize_dynamic(str(fused), str(tmp / "model.int8.onnx"), weight_type=QuantType.QInt8,
+                             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
         write_json_atomic(tmp / "manifest.json", {
             "source": str(folder), "weights_sha256": model_mod.weights_sha256(folder),
             "inputs": input_names, "opset": OPSET, "format": FORMAT, "versions": _versions(),
@@ -166,6 +168,21 @@ def _export_all(folder: Path, out: Path) -> None:
             "files": {n: _sha256(tmp / n) for n in ("model.onnx", "model.int8.onnx")},
         })
     log.info("exported %s to ONNX in %s (fp32 export within %.1e of torch)", folder, out, worst)
+
+
+@contextlib.contextmanager
+def _without_preprocessing_advice():
+    """The quantiser advises shape pre-processing on the root logger for every model; the graph
+    is already fused and shape-inferred, so that line would only be noise in `sent` output."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Please consider to run pre-processing")
+
+    logging.root.addFilter(keep)
+    try:
+        yield
+    finally:
+        logging.root.removeFilter(keep)
 
 
 def _load_for_export(folder: Path):

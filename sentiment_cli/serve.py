@@ -387,7 +387,7 @@ def measured_accuracy(cfg, folder: Path, info: dict[str, Any], variant: str
     return None
 
 
-def check_accuracy(cfg, folder: Path, info: dict[str, Any], variant: str) -> None:
+def check_accuracy(cfg, folder: Path, info: dict[str, Any], variant: str) -> str:
     """Refuse a faster variant whose accuracy was not measured, or fell too far below fp32."""
     limit = cfg.serve.max_accuracy_drop
     found = measured_accuracy(cfg, folder, info, variant)
@@ -400,7 +400,8 @@ def check_accuracy(cfg, folder: Path, info: dict[str, Any], variant: str) -> Non
         raise ModelError(
             f"{variant} accuracy {fast:.4f} is {fp32 - fast:.4f} below fp32 ({fp32:.4f}, {source}); "
             f"serve.max_accuracy_drop is {limit}: serve it as {REFERENCE} instead")
-    log.info("%s accuracy %.4f against fp32 %.4f (%s): within %s", variant, fast, fp32, source, limit)
+    return (f"serving {variant}: accuracy {fast:.4f} against fp32 {fp32:.4f} ({source}), "
+            f"within serve.max_accuracy_drop {limit}")
 
 
 class Service:
@@ -764,7 +765,7 @@ def run(cfg, *, model: str | None = None, host: str | None = None, port: int | N
     common = dict(host=s.host, port=s.port, log_level="info",
                   timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, lifespan="on")
     if s.accuracy_gate and variant_name(s.runtime, s.quantize) != REFERENCE:
-        check_accuracy(cfg, folder, info, variant_name(s.runtime, s.quantize))  # refuse before binding
+        print(check_accuracy(cfg, folder, info, variant_name(s.runtime, s.quantize)))  # before binding
     if s.runtime == "onnx" and s.workers > 1:
         from sentiment_cli import onnxrt
 

@@ -62,6 +62,22 @@ def test_the_export_is_built_once_and_reused(folder, cache, monkeypatch):
     assert manifest["weights_sha256"] == model.weights_sha256(folder)
     assert manifest["max_prob_diff_fp32"] <= onnxrt.EXPORT_TOLERANCE
     assert set(manifest["files"]) == {"model.onnx", "model.int8.onnx"}
+    assert manifest["last_layer_first_token_only"] is True  # and still equal to torch (test above)
+
+
+def test_a_head_that_reads_other_tokens_keeps_the_whole_last_layer(folder, tmp_path, monkeypatch):
+    real = onnxrt._compare
+
+    def compare(model_, tokenizer, path, names, max_length):
+        # as if the classifier pooled over all tokens: the trimmed graph no longer agrees
+        return 0.3 if path.name == "trimmed.onnx" else real(model_, tokenizer, path, names, max_length)
+
+    monkeypatch.setattr(onnxrt, "_compare", compare)
+    path = onnxrt.build(folder, quantize=False, cache=str(tmp_path / "cache"))
+    manifest = json.loads((path.parent / "manifest.json").read_text())
+    assert manifest["last_layer_first_token_only"] is False
+    assert manifest["max_prob_diff_fp32"] <= onnxrt.EXPORT_TOLERANCE
+    assert not (path.parent / "trimmed.onnx").exists()
 
 
 def test_new_weights_get_their_own_export(folder, cache, tmp_path):

@@ -269,6 +269,13 @@ def accuracy(model: Path, texts: list[str], labels: list[int], cache: Path) -> d
                      "max_abs_prob_diff": round(float(np.abs(probs - reference).max()), 4),
                      "texts_per_s": round(len(texts) / seconds, 1),
                      "batch": predictor.batch_size, "lanes": predictor.lanes}
+    # What the naive server does per request: fp32, one text per pass (speed only).
+    one = Predictor.from_folder(model, batch_size=1)
+    start = time.perf_counter()
+    one.predict_proba(texts[:200])
+    out["torch-fp32-batch1_texts_per_s"] = round(200 / (time.perf_counter() - start), 1)
+    out["ceiling_onnx_int8_vs_fp32_batch1"] = round(
+        out["onnx-int8"]["texts_per_s"] / out["torch-fp32-batch1_texts_per_s"], 2)
     return out
 
 

@@ -244,12 +244,13 @@ def accuracy(model: Path, texts: list[str], labels: list[int], cache: Path) -> d
     """Each variant's accuracy and agreement with fp32 torch, and its in-process texts/s."""
     import numpy as np
 
-    from sentiment_cli.model import Predictor
+    from sentiment_cli.model import CPU_CHUNK, Predictor
     from sentiment_cli.onnxrt import OnnxPredictor
 
     predictors = {
         "torch-fp32": lambda: Predictor.from_folder(model, batch_size=32),
-        "torch-int8": lambda: Predictor.from_folder(model, quantize=True, batch_size=32),
+        # as sent serve runs it on a CPU: dynamic int8 depends on what shares a pass
+        "torch-int8": lambda: Predictor.from_folder(model, quantize=True, batch_size=CPU_CHUNK),
         "onnx-fp32": lambda: OnnxPredictor.from_folder(model, quantize=False, cache=str(cache)),
         "onnx-int8": lambda: OnnxPredictor.from_folder(model, quantize=True, cache=str(cache)),
     }

@@ -22,6 +22,13 @@ from typing import Any
 from sentiment_cli.files import replaced_dir, write_json_atomic
 
 META_FILE = "sent.json"
+# How `sent serve` cuts its batches on a CPU (and `sent eval` when it measures a variant, so the
+# numbers it records are those of the served model; dynamic int8 depends on what shares a pass):
+# torch sorts a batch by length and runs chunks of 8, past which a pass is no faster per text and
+# pads more; ONNX Runtime runs single texts, unpadded, one single-threaded pass per core
+# (docs/performance.md, Serving).
+CPU_CHUNK = 8
+ONNX_CHUNK = 1
 
 
 class ModelError(RuntimeError):

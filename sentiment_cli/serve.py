@@ -36,19 +36,13 @@ from typing import Annotated, Any
 import msgspec
 
 from sentiment_cli import config, predlog
-from sentiment_cli.model import ModelError, Prediction, Predictor, read_meta, weights_sha256
+from sentiment_cli.model import CPU_CHUNK, ONNX_CHUNK, ModelError, Prediction, Predictor, read_meta, weights_sha256
 from sentiment_cli.onnxrt import variant as variant_name
 
 log = logging.getLogger(__name__)
 
 SPEC_ENV = "SENT_SERVE_SPEC"
 READY_WAIT_S = 30.0  # a request that finds its worker still loading waits this long for it
-# A gathered batch is sorted by length and run in chunks of this many texts: on a CPU a chunk
-# past ~8 reviews is no faster per text and pads more (docs/performance.md, Serving).
-CPU_CHUNK = 8
-# ONNX Runtime passes are single-threaded, one per core, one text each: unpadded single texts
-# beat padded batches there (docs/performance.md, Serving).
-ONNX_CHUNK = 1
 RUNTIMES = config.RUNTIMES
 REFERENCE = config.VARIANTS[0]  # what the faster variants are measured against
 GRACEFUL_SHUTDOWN_S = 30  # in-flight requests get this long after SIGTERM; Cloud Run allows 10 s+

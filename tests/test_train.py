@@ -93,6 +93,30 @@ def _env(root: Path) -> dict:
 
 
 @pytest.mark.slow
+def test_a_variant_that_cannot_be_built_is_noted_and_never_served(pipeline, workdir, monkeypatch):
+    import shutil
+
+    from sentiment_cli import onnxrt
+    from sentiment_cli.model import ModelError
+
+    for part in ("data/processed", "models/candidate"):
+        shutil.copytree(pipeline / part, workdir / part)
+
+    def cannot(*args, **kwargs):
+        raise ModelError("cannot export FancyModel to ONNX: unsupported operator")
+
+    monkeypatch.setattr(onnxrt.OnnxPredictor, "from_folder", cannot)
+    runner = CliRunner()
+    result = runner.invoke(app, ["eval", "--profile", "tiny", "--set", "mlflow.enabled=false"])
+    assert result.exit_code == 0, result.output  # the fp32 evaluation is not lost to it
+    assert "note: onnx-int8 not measured: cannot export FancyModel" in result.output
+    ev = json.loads((workdir / "metrics" / "eval.json").read_text())
+    assert "error" in ev["variants"]["onnx-int8"] and "accuracy" in ev["variants"]["torch-int8"]
+    result = runner.invoke(app, ["serve", "--profile", "tiny", "--set", "mlflow.enabled=false",
+                                 "--model", "models/candidate", "--runtime", "onnx", "--quantize"])
+    assert result.exit_code == 1 and "onnx-int8 has no accuracy measurement" in result.output
+
+
 def test_kill_and_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
     sets = [a for s in [*FAST, "train.epochs=2"] for a in ("--set", s)]
     args = ["--profile", "tiny", *sets]

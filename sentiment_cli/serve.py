@@ -43,7 +43,6 @@ log = logging.getLogger(__name__)
 
 SPEC_ENV = "SENT_SERVE_SPEC"
 READY_WAIT_S = 30.0  # a request that finds its worker still loading waits this long for it
-RUNTIMES = config.RUNTIMES
 REFERENCE = config.VARIANTS[0]  # what the faster variants are measured against
 GRACEFUL_SHUTDOWN_S = 30  # in-flight requests get this long after SIGTERM; Cloud Run allows 10 s+
 LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
@@ -728,8 +727,8 @@ def _check(cfg) -> None:
         raise config.ConfigError(f"serve.workers must be at least 1, not {s.workers}")
     if s.max_wait_ms < 0 or s.max_text_chars < 1 or s.max_body_bytes < 1:
         raise config.ConfigError("serve.max_wait_ms must be >= 0 and the size limits >= 1")
-    if s.runtime not in RUNTIMES:
-        raise config.ConfigError(f"serve.runtime must be one of {', '.join(RUNTIMES)}, not {s.runtime!r}")
+    if s.runtime not in config.RUNTIMES:  # --runtime is merged after config.load validated the file
+        raise config.ConfigError(f"serve.runtime must be one of {', '.join(config.RUNTIMES)}, not {s.runtime!r}")
 
 
 def app_from_env():

@@ -47,16 +47,6 @@ def load_config(profile: str, overrides: list[str] | None):
         fail(str(exc), EXIT_USAGE)
 
 
-def user_errors() -> tuple[type[BaseException], ...]:
-    """Errors a user can cause: printed as one line, never as a traceback."""
-    from sentiment_cli import config
-    from sentiment_cli.data import DataError
-    from sentiment_cli.model import ModelError
-    from sentiment_cli.registry import RegistryError
-
-    return (DataError, ModelError, RegistryError, config.ConfigError, FileNotFoundError)
-
-
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"sent {sentiment_cli.__version__}")
@@ -73,13 +63,14 @@ def main_callback(
 
 
 def _run(step_call) -> object:
-    from sentiment_cli.config import ConfigError
+    """Call a step; an error the user can fix ends in one line and its exit status."""
+    from sentiment_cli.errors import SentError
 
     try:
         return step_call()
-    except ConfigError as exc:  # a bad option value: a usage error, like a bad --set
-        fail(str(exc), EXIT_USAGE)
-    except user_errors() as exc:
+    except SentError as exc:  # a UsageError (bad option or config value) exits 2, others 1
+        fail(str(exc), exc.exit_code)
+    except FileNotFoundError as exc:
         fail(str(exc))
 
 

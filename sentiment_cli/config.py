@@ -16,8 +16,11 @@ from typing import Any
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from sentiment_cli.errors import UsageError
+from sentiment_cli.errors import first_line as _one_line
 
-class ConfigError(ValueError):
+
+class ConfigError(UsageError, ValueError):
     """A configuration the user gave cannot be used; the message is one line."""
 
 
@@ -193,11 +196,6 @@ def _read_yaml(path: Path) -> DictConfig:
     if not isinstance(loaded, DictConfig):
         raise ConfigError(f"{path}: must hold a mapping of keys, not a list or a scalar")
     return loaded
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def _profile_path(profile: str, root: Path) -> Path:

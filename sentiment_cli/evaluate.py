@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sentiment_cli import data, files, metrics, model, registry
+from sentiment_cli import artifacts, data, metrics, model, registry
 from sentiment_cli.model import ModelError
 
 log = logging.getLogger(__name__)
@@ -115,6 +115,9 @@ def run(cfg, model_dir: Path | None = None, split: str = "test") -> Path:
     nll = -np.log(np.clip(probs[np.arange(len(gold)), gold], 1e-12, 1.0))
     scores = metrics.classification(gold.tolist(), pred.tolist(), labels)
     meta = model.read_meta(folder)
+    # Hashed from the files evaluated, so the measurement is filed under the weights it measured.
+    sha = model.verify_weights(folder, meta.get("weights_sha256"), "its sent.json",
+                               action="refusing to evaluate a changed folder")
     result = {
         **{k: scores[k] for k in ("accuracy", "f1", "precision", "recall", "n")},
         "loss": float(nll.mean()),
@@ -123,7 +126,7 @@ def run(cfg, model_dir: Path | None = None, split: str = "test") -> Path:
         "confusion_matrix": scores["confusion_matrix"],
         "per_label": scores["per_label"],
         "model_dir": str(folder),
-        "weights_sha256": meta.get("weights_sha256"),
+        "weights_sha256": sha,
         "data_sha256": data_meta["sha256"],
         "mlflow_run_id": meta.get("mlflow_run_id"),
         "texts_per_s": len(texts) / seconds,
@@ -135,13 +138,12 @@ def run(cfg, model_dir: Path | None = None, split: str = "test") -> Path:
         except ModelError as exc:  # e.g. an architecture ONNX cannot export: serve will refuse it
             print(f"note: {name} not measured: {exc}")
             result["variants"][name] = {"error": str(exc)}
-    metrics_dir, reports = Path(cfg.paths.metrics_dir), Path(cfg.paths.reports_dir)
-    out = files.write_json_atomic(metrics_dir / "eval.json", result)
+    reports = Path(cfg.paths.reports_dir)
+    out = artifacts.write_eval(cfg, result)
     token_lengths = [len(ids) for ids in predictor.tokenizer(texts, truncation=True,
                                                             max_length=predictor.max_length)["input_ids"]]
-    files.write_json_atomic(metrics_dir / "reference.json",
-                            {**reference_stats(texts, probs, labels, token_lengths), "split": split,
-                             "weights_sha256": meta.get("weights_sha256")})
+    reference = artifacts.write_reference(
+        cfg, {**reference_stats(texts, probs, labels, token_lengths), "split": split, "weights_sha256": sha})
     reports.mkdir(parents=True, exist_ok=True)
     pd.DataFrame({"actual": [labels[i] for i in gold], "predicted": [labels[i] for i in pred]}).to_csv(
         reports / "confusion_matrix.csv", index=False)
@@ -152,7 +154,7 @@ def run(cfg, model_dir: Path | None = None, split: str = "test") -> Path:
     pd.DataFrame({"text": [texts[i] for i in wrong], "actual": [labels[gold[i]] for i in wrong],
                   "predicted": [labels[pred[i]] for i in wrong],
                   "confidence": probs[wrong, pred[wrong]].round(4)}).to_csv(reports / "misclassified.csv", index=False)
-    _log_to_mlflow(cfg, result, split, [out, metrics_dir / "reference.json", reports / "confusion_matrix.png",
+    _log_to_mlflow(cfg, result, split, [out, reference, reports / "confusion_matrix.png",
                                         reports / "misclassified.csv"])
     print(f"{split}: accuracy {result['accuracy']:.4f} f1 {result['f1']:.4f} loss {result['loss']:.4f} "
           f"(n={result['n']}) → {out}")

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sentiment_cli.errors import SentError
+from sentiment_cli.errors import first_line as _first_line
 from sentiment_cli.files import replaced_dir, write_json_atomic
 
 META_FILE = "sent.json"
@@ -31,7 +33,7 @@ CPU_CHUNK = 8
 ONNX_CHUNK = 1
 
 
-class ModelError(RuntimeError):
+class ModelError(SentError, RuntimeError):
     """A model cannot be built or loaded; the message is one line."""
 
 
@@ -154,11 +156,6 @@ def build(cfg, label_names: Sequence[str], train_texts: Iterable[str] | None = N
     return tokenizer, model
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = [line for line in str(exc).splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
-
-
 def check_folder(folder: Path) -> None:
     if not folder.is_dir():
         raise ModelError(f"model folder {folder} does not exist")
@@ -210,6 +207,19 @@ def weights_sha256(folder: str | Path) -> str:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(chunk)
     return digest.hexdigest()
+
+
+def verify_weights(folder: str | Path, expected: str | None, against: str, *,
+                   error: type[SentError] = ModelError, action: str = "refusing to serve") -> str:
+    """The folder's weights sha256, after checking it equals `expected` (what `against` recorded).
+
+    Raises `error` (one line naming both hashes) on a mismatch; an empty `expected` checks nothing.
+    """
+    actual = weights_sha256(folder)
+    if expected and actual != expected:
+        raise error(f"{folder}: weights sha256 {actual[:12]}… does not match {against} "
+                    f"({str(expected)[:12]}…); {action}")
+    return actual
 
 
 def load(folder: str | Path):

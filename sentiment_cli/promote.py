@@ -40,7 +40,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sentiment_cli import model, registry
+from sentiment_cli import artifacts, model, registry
 from sentiment_cli.registry import MODEL_ARTIFACT, RegistryError
 
 EXIT_PROMOTED = 0  # the candidate is the champion now (promoted, already was, or rolled back)
@@ -257,24 +257,18 @@ def _folder_metrics(cfg, meta: dict, sha: str) -> dict[str, float]:
             run = None  # trained against another store
         if run is not None and run.data.tags.get(TAG_SHA) == sha:
             out.update(_numeric(run.data.metrics))
-    ev = Path(cfg.paths.metrics_dir) / "eval.json"
-    if ev.is_file():
-        result = _load_json(ev.read_text())
-        if isinstance(result, dict) and result.get(TAG_SHA) == sha:
-            split = result.get("split", "test")
-            scores = {k: result.get(k) for k in ("accuracy", "f1", "precision", "recall", "loss")}
-            out.update({f"{split}_{k}": v for k, v in _numeric(scores).items()})
+    found = artifacts.eval_for(cfg, sha)
+    if found is not None:
+        out.update(_numeric(artifacts.scores(found[0])))
     return out
 
 
 def _run_for_folder(cfg, folder: Path, name: str):
     """The run holding this folder's weights: an existing version's, or a new run."""
     model.check_folder(folder)  # the same rules as loading: safetensors, no remote code
-    sha = model.weights_sha256(folder)
     meta = model.read_meta(folder)
-    if meta.get(TAG_SHA) and meta[TAG_SHA] != sha:
-        raise PromoteError(f"{folder}: its weights (sha256 {sha[:12]}…) differ from its sent.json "
-                           f"({meta[TAG_SHA][:12]}…); the folder changed after it was saved")
+    sha = model.verify_weights(folder, meta.get(TAG_SHA), "its sent.json", error=PromoteError,
+                               action="the folder changed after it was saved")
     if registry.registered_model(cfg, name) is not None:
         for mv in registry.search_versions(cfg, name, tags={TAG_SHA: sha}):
             try:
@@ -322,13 +316,11 @@ def _registered_hash(cfg, run) -> str:
         if not (folder / "config.json").is_file() or not list(folder.glob("*.safetensors")):
             raise PromoteError(f"run {run_id}'s '{MODEL_ARTIFACT}' artifact is not a model folder "
                                "(config.json and .safetensors weights)")
-        sha = model.weights_sha256(folder)
         recorded = (("its sent.json", model.read_meta(folder).get(TAG_SHA)),
                     ("the run's weights_sha256 tag", run.data.tags.get(TAG_SHA)))
         for what, expected in recorded:
-            if expected and expected != sha:
-                raise PromoteError(f"run {run_id}: the stored weights (sha256 {sha[:12]}…) differ "
-                                   f"from {what} ({expected[:12]}…); refusing a changed upload")
+            sha = model.verify_weights(folder, expected, f"{what} (run {run_id})", error=PromoteError,
+                                       action="refusing a changed upload")
     return sha
 
 

@@ -14,10 +14,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from sentiment_cli.errors import SentError
+from sentiment_cli.errors import first_line as _first_line
+
 MODEL_ARTIFACT = "model"
 
 
-class RegistryError(RuntimeError):
+class RegistryError(SentError, RuntimeError):
     """MLflow cannot do what was asked (unknown run, model, alias, unreachable server)."""
 
 
@@ -77,11 +80,6 @@ def experiment_id(cfg) -> str:
         if exp is not None:
             return exp.experiment_id
         raise RegistryError(f"MLflow at {tracking_uri(cfg)}: {_first_line(exc)}") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line for line in str(exc).splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
 
 
 @contextmanager
@@ -195,7 +193,7 @@ def resolve_model(cfg, uri: str, dst: str | Path | None = None, verify_hash: boo
     For registry URIs the weights' sha256 is checked against the version's `weights_sha256` tag:
     weights that changed after registration are refused (RegistryError).
     """
-    from sentiment_cli.model import weights_sha256
+    from sentiment_cli.model import verify_weights
 
     if not uri.startswith(("models:/", "runs:/")):
         path = Path(uri).expanduser()
@@ -219,10 +217,8 @@ def resolve_model(cfg, uri: str, dst: str | Path | None = None, verify_hash: boo
         if not expected:
             raise RegistryError(f"{name} version {mv.version} has no weights_sha256 tag; "
                                 "register it with `sent promote` or pass --no-verify-hash")
-        actual = weights_sha256(folder)
-        if actual != expected:
-            raise RegistryError(f"{name} version {mv.version}: weights sha256 {actual[:12]}… does not "
-                                f"match the registry tag {expected[:12]}…; refusing to serve")
+        verify_weights(folder, expected, f"the registry tag of {name} version {mv.version}",
+                       error=RegistryError)
     return folder, info
 
 

@@ -35,7 +35,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from sentiment_cli import config, predlog
+from sentiment_cli import artifacts, config, predlog
 from sentiment_cli.model import CPU_CHUNK, ONNX_CHUNK, ModelError, Prediction, Predictor, read_meta, weights_sha256
 from sentiment_cli.onnxrt import variant as variant_name
 
@@ -358,8 +358,8 @@ def measured_accuracy(cfg, folder: Path, info: dict[str, Any], variant: str
                       ) -> tuple[float, float, str] | None:
     """(fp32 accuracy, variant accuracy, where it was read) from `sent eval`, or None.
 
-    Looked up in the model's MLflow run (eval logs test_accuracy_<variant> there), then in
-    paths.metrics_dir/eval.json when that file evaluated these very weights (same sha256).
+    Looked up in the model's MLflow run (eval logs test_accuracy_<variant> there), then in what
+    eval recorded for these very weights (artifacts.variant_accuracy).
     """
     key = variant.replace("-", "_")
     meta = read_meta(folder)
@@ -371,13 +371,8 @@ def measured_accuracy(cfg, folder: Path, info: dict[str, Any], variant: str
             found = registry.get_run(cfg, str(run_id)).data.metrics
             if "test_accuracy" in found and f"test_accuracy_{key}" in found:
                 return found["test_accuracy"], found[f"test_accuracy_{key}"], f"MLflow run {run_id}"
-    path = Path(cfg.paths.metrics_dir) / "eval.json"
-    with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
-        result = json.loads(path.read_text())
-        digest = info.get("weights_sha256") or meta.get("weights_sha256") or weights_sha256(folder)
-        if result.get("weights_sha256") == digest and variant in result.get("variants", {}):
-            return float(result["accuracy"]), float(result["variants"][variant]["accuracy"]), str(path)
-    return None
+    digest = info.get("weights_sha256") or weights_sha256(folder)
+    return artifacts.variant_accuracy(cfg, digest, variant)
 
 
 def check_accuracy(cfg, folder: Path, info: dict[str, Any], variant: str) -> str:

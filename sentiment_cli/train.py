@@ -18,9 +18,9 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
-from sentiment_cli import __version__, config, data, files, metrics, model, registry
+from sentiment_cli import __version__, batches, config, data, files, metrics, model, registry
+from sentiment_cli.cudagraph import GraphedStep, graphs_usable
 
 log = logging.getLogger(__name__)
 STATE_FILE = "sent_state.json"
@@ -162,101 +162,6 @@ class Progress:
             self.bar.stop()
 
 
-class GraphedStep:
-    """One training step (forward, backward, clipping, optimizer) replayed as a CUDA graph.
-
-    At batch 32 a step is mostly kernel-launch and Python overhead; replaying a captured graph
-    removes it. Batches come in a few fixed shapes (Collator with fixed_batch, lengths rounded to
-    16), one graph each, captured the first time a shape appears: a few warm-up steps on a side
-    stream, then the capture, then parameters, optimizer state and the RNG are put back exactly
-    as before, so capturing changes nothing but speed. One GPU only (no DDP), no fp16 scaler,
-    no gradient accumulation: run() checks this and otherwise uses the eager loop.
-    """
-
-    def __init__(self, net, optimizer, max_grad_norm: float, dtype, warmup: int = 3):
-        import torch
-
-        self.torch = torch
-        self.net = net
-        self.optimizer = optimizer
-        self.params = [p for p in net.parameters() if p.requires_grad]
-        self.max_grad_norm = max_grad_norm
-        self.dtype = dtype
-        self.warmup = warmup
-        self.graphs: dict[tuple[int, ...], tuple[Any, dict, Any]] = {}
-        self.stream = torch.cuda.Stream()
-
-    def _body(self, static: dict):
-        torch = self.torch
-        with torch.autocast("cuda", dtype=self.dtype, enabled=self.dtype is not None, cache_enabled=False):
-            loss = self.net(**static).loss
-        loss.backward()
-        if self.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm, foreach=True)
-        self.optimizer.step()
-        return loss.detach()
-
-    def _snapshot(self):
-        params = [p.detach().clone() for p in self.params]
-        state = {id(p): {k: v.clone() for k, v in st.items() if self.torch.is_tensor(v)}
-                 for p, st in self.optimizer.state.items()}
-        return params, state
-
-    def _restore(self, snapshot) -> None:
-        params, state = snapshot
-        with self.torch.no_grad():
-            for p, saved in zip(self.params, params, strict=True):
-                p.copy_(saved)
-            for p, st in self.optimizer.state.items():
-                saved_state = state.get(id(p))
-                for k, v in st.items():
-                    if self.torch.is_tensor(v):
-                        v.copy_(saved_state[k]) if saved_state else v.zero_()  # fresh AdamW state is zeros
-
-    def _capture(self, batch: dict):
-        torch = self.torch
-        static = {k: v.clone() for k, v in batch.items()}
-        snapshot = self._snapshot()
-        rng = torch.cuda.get_rng_state()
-        self.stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(self.stream):
-            for _ in range(self.warmup):
-                self.optimizer.zero_grad(set_to_none=True)
-                self._body(static)
-        torch.cuda.current_stream().wait_stream(self.stream)
-        self.optimizer.zero_grad(set_to_none=True)  # grads become the graph's own static tensors
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            loss = self._body(static)
-        torch.cuda.synchronize()
-        self._restore(snapshot)
-        torch.cuda.set_rng_state(rng)
-        return graph, static, loss
-
-    def __call__(self, batch: dict):
-        key = tuple(batch["input_ids"].shape)
-        if key not in self.graphs:
-            self.graphs[key] = self._capture(batch)
-        graph, static, loss = self.graphs[key]
-        for k, v in static.items():
-            v.copy_(batch[k], non_blocking=True)
-        graph.replay()
-        return loss
-
-
-def _graphs_usable(cfg, accelerator) -> str | None:
-    """Why CUDA graphs cannot be used here, or None when they can."""
-    t = cfg.train
-    reasons = [
-        (accelerator.device.type != "cuda", "no CUDA device"),
-        (accelerator.num_processes > 1, "more than one process (DDP)"),
-        (t.mixed_precision == "fp16", "fp16 needs a loss scaler"),
-        (t.grad_accum_steps > 1, "gradient accumulation"),
-        (t.compile, "train.compile is on"),
-    ]
-    return next((why for bad, why in reasons if bad), None)
-
-
 # ---------------------------------------------------------------- the recipe
 
 
@@ -295,16 +200,15 @@ def run(cfg, resume: bool = False) -> Path:
     if main and not saved_tok.is_dir():
         tokenizer.save_pretrained(saved_tok)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    train_ds = data.EncodedDataset(tokenizer, splits["train"]["text"], splits["train"]["label"], cfg.model.max_length)
-    val_ds = data.EncodedDataset(tokenizer, splits["validation"]["text"], splits["validation"]["label"],
-                                 cfg.model.max_length)
-    no_graphs = _graphs_usable(cfg, accelerator) if t.cuda_graphs else "train.cuda_graphs is off"
+    train_ds, val_ds = (batches.EncodedDataset(tokenizer, splits[s]["text"], splits[s]["label"],
+                                               cfg.model.max_length) for s in ("train", "validation"))
+    no_graphs = graphs_usable(cfg, accelerator) if t.cuda_graphs else "train.cuda_graphs is off"
     if t.cuda_graphs and no_graphs and main:
         print(f"note: CUDA graphs not used: {no_graphs}", flush=True)
     use_graphs = no_graphs is None
-    train_dl = data.dataloader(train_ds, t.batch_size, pad_id, cfg.seed, shuffle=True,
+    train_dl = batches.dataloader(train_ds, t.batch_size, pad_id, cfg.seed, shuffle=True,
                                bucketing=t.length_bucketing, num_workers=t.num_workers, fixed_shapes=use_graphs)
-    val_dl = data.dataloader(val_ds, t.eval_batch_size, pad_id, cfg.seed, shuffle=False,
+    val_dl = batches.dataloader(val_ds, t.eval_batch_size, pad_id, cfg.seed, shuffle=False,
                              num_workers=t.num_workers)
     sampler = train_dl.batch_sampler
 

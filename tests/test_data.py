@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sentiment_cli import config, data
+from sentiment_cli import batches, config, data
 from sentiment_cli.data import DataError
 
 SHARED_RT = Path(__file__).resolve().parents[2] / "shared" / "data" / "rt-polaritydata"
@@ -167,7 +167,7 @@ def test_split_frame_is_a_stratified_partition(labels, seed, val, test):
 @settings(max_examples=50, deadline=None)
 @given(st.lists(st.integers(1, 128), min_size=1, max_size=500), st.integers(1, 64), st.integers(0, 1000))
 def test_length_bucket_sampler_covers_every_index_once_per_epoch(lengths, batch, seed):
-    sampler = data.LengthBucketSampler(lengths, batch, seed)
+    sampler = batches.LengthBucketSampler(lengths, batch, seed)
     first = sampler.batches()
     assert sorted(i for b in first for i in b) == list(range(len(lengths)))
     assert all(1 <= len(b) <= batch for b in first) and len(first) == len(sampler)
@@ -181,13 +181,13 @@ def test_bucketing_reduces_padding():
     rng = np.random.default_rng(0)
     lengths = rng.integers(5, 120, size=4000)
     def padded(bucketing):
-        batches = data.LengthBucketSampler(lengths, 32, 0, bucketing=bucketing).batches()
-        return sum(len(b) * lengths[b].max() for b in batches)
+        cut = batches.LengthBucketSampler(lengths, 32, 0, bucketing=bucketing).batches()
+        return sum(len(b) * lengths[b].max() for b in cut)
     assert padded(True) < 0.6 * padded(False)
 
 
 def test_collator_pads_to_multiple_of_eight():
-    batch = data.Collator(pad_id=0)([([5, 6, 7], 1), ([5] * 10, 0)])
+    batch = batches.Collator(pad_id=0)([([5, 6, 7], 1), ([5] * 10, 0)])
     assert batch["input_ids"].shape == (2, 16)
     assert batch["attention_mask"].sum().item() == 13
     assert batch["labels"].tolist() == [1, 0] and batch["num_samples"] == 2
@@ -201,7 +201,7 @@ def test_hf_source_offline_fails_clearly(tmp_path, monkeypatch):
 
 
 def test_collator_fixed_shapes_pads_rows_the_loss_ignores():
-    batch = data.Collator(pad_id=0, multiple=16, fixed_batch=4)([([5, 6, 7], 1), ([5] * 17, 0)])
+    batch = batches.Collator(pad_id=0, multiple=16, fixed_batch=4)([([5, 6, 7], 1), ([5] * 17, 0)])
     assert batch["input_ids"].shape == (4, 32) and batch["num_samples"] == 2
     assert batch["labels"].tolist() == [1, 0, -100, -100]
     assert batch["attention_mask"][2:].sum(dim=1).tolist() == [1, 1]  # never an all-masked row

@@ -1,0 +1,120 @@
+"""What `sent eval` hands downstream, written and read in one place, keyed by the weights measured.
+
+Layout under paths.metrics_dir:
+
+    eval.json                         the latest evaluation (DVC's metric for the eval stage)
+    reference.json                    the latest drift reference (DVC's output)
+    by-weights/<sha256>/eval.json     the evaluation of these very weights
+    by-weights/<sha256>/reference.json  the drift reference of these very weights
+
+Readers (promote's scores, serve's accuracy gate, drift's reference) ask for "the measurement of
+these weights" and never parse the files themselves. One entry per weights means evaluating
+another model folder never replaces the baseline the champion's drift check reads. A result
+whose recorded hash differs from the one asked for is never returned.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sentiment_cli.errors import SentError
+from sentiment_cli.files import write_json_atomic
+
+if TYPE_CHECKING:
+    from sentiment_cli.config import Config
+
+EVAL_FILE = "eval.json"
+REFERENCE_FILE = "reference.json"
+BY_WEIGHTS = "by-weights"
+SCORE_KEYS = ("accuracy", "f1", "precision", "recall", "loss")
+
+
+class ArtifactError(SentError):
+    """A file eval hands downstream is missing, unreadable or made for other weights."""
+
+
+def _dir(cfg: Config) -> Path:
+    return Path(cfg.paths.metrics_dir)
+
+
+def _keyed(cfg: Config, sha: str, name: str) -> Path:
+    if not sha or not all(c in "0123456789abcdef" for c in sha):
+        raise ArtifactError(f"not a weights sha256: {sha!r}")
+    return _dir(cfg) / BY_WEIGHTS / sha / name
+
+
+def _write(cfg: Config, name: str, data: dict[str, Any]) -> Path:
+    sha = data.get("weights_sha256")
+    if not isinstance(sha, str):
+        raise ArtifactError(f"{name} needs the weights_sha256 it was measured on")
+    write_json_atomic(_keyed(cfg, sha, name), data)
+    return write_json_atomic(_dir(cfg) / name, data)
+
+
+def write_eval(cfg: Config, result: dict[str, Any]) -> Path:
+    """Record an evaluation (latest + keyed by its weights_sha256); returns metrics/eval.json."""
+    return _write(cfg, EVAL_FILE, result)
+
+
+def write_reference(cfg: Config, reference: dict[str, Any]) -> Path:
+    """Record a drift reference (latest + keyed); returns metrics/reference.json."""
+    return _write(cfg, REFERENCE_FILE, reference)
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"{path} is not readable JSON ({exc.__class__.__name__}); "
+                            "run `sent eval` again") from None
+    return data if isinstance(data, dict) else None
+
+
+def _for(cfg: Config, sha: str, name: str) -> tuple[dict[str, Any], Path] | None:
+    """The file `name` measured on these weights: the keyed one, else the latest if it matches."""
+    for path in (_keyed(cfg, sha, name), _dir(cfg) / name):
+        data = _read(path)
+        if data is not None and data.get("weights_sha256") == sha:
+            return data, path
+    return None
+
+
+def eval_for(cfg: Config, sha: str) -> tuple[dict[str, Any], Path] | None:
+    """(the evaluation of these weights, where it was read), or None."""
+    return _for(cfg, sha, EVAL_FILE)
+
+
+def reference_for(cfg: Config, sha: str) -> tuple[dict[str, Any], Path]:
+    """The drift reference of these weights; ArtifactError when eval never measured them."""
+    found = _for(cfg, sha, REFERENCE_FILE)
+    if found is None:
+        latest = _read(_dir(cfg) / REFERENCE_FILE)
+        other = f" ({REFERENCE_FILE} is for weights {str(latest.get('weights_sha256'))[:12]}…)" if latest else ""
+        raise ArtifactError(f"no drift reference for weights {sha[:12]}… in {_dir(cfg)}{other}: "
+                            "run `sent eval` on this model first")
+    return found
+
+
+def scores(result: dict[str, Any]) -> dict[str, float]:
+    """<split>_accuracy, <split>_f1, ... of an evaluation, the names MLflow runs carry."""
+    split = result.get("split", "test")
+    return {f"{split}_{k}": float(result[k]) for k in SCORE_KEYS
+            if isinstance(result.get(k), int | float) and not isinstance(result.get(k), bool)}
+
+
+def variant_accuracy(cfg: Config, sha: str, variant: str) -> tuple[float, float, str] | None:
+    """(fp32 accuracy, the variant's accuracy, where it was read) from the evaluation of these
+    weights, or None when eval did not measure that variant on them."""
+    found = eval_for(cfg, sha)
+    if found is None:
+        return None
+    result, path = found
+    measured = (result.get("variants") or {}).get(variant) or {}
+    try:
+        return float(result["accuracy"]), float(measured["accuracy"]), str(path)
+    except (KeyError, TypeError, ValueError):
+        return None

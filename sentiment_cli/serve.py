@@ -47,6 +47,12 @@ REFERENCE = config.VARIANTS[0]  # what the faster variants are measured against
 GRACEFUL_SHUTDOWN_S = 30  # in-flight requests get this long after SIGTERM; Cloud Run allows 10 s+
 LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
 JSON_TYPES = ("application/json",)
+# "At least one visible character", spelled out as code points: `\S` means different things to
+# Python's re (which the server validates with) and to JSON Schema's ECMA regex (which clients and
+# schema tools read), e.g. for U+001E or U+FEFF. Controls, spaces, zero-width and format characters
+# (BOM included) are not visible; anything else is.
+VISIBLE = ("[^\\u0000-\\u0020\\u007f-\\u00a0\\u00ad\\u1680\\u180e\\u2000-\\u200f"
+           "\\u2028-\\u202f\\u205f-\\u2064\\u3000\\ufeff]")
 
 
 # ---------------------------------------------------------------- wire types (the OpenAPI schema)
@@ -87,11 +93,11 @@ class Readiness(msgspec.Struct):
 def request_type(max_texts: int, max_text_chars: int) -> type[msgspec.Struct]:
     """The /predict body, {"texts": [...]} or {"text": "..."}, with the configured limits.
 
-    A text needs at least one non-space character (the pattern is a search, not a full match).
+    A text needs at least one visible character (VISIBLE; the pattern is a search, not a full match).
     Exactly one of the two keys: minProperties/maxProperties in the schema, checked by the handler.
     """
     text = Annotated[str, msgspec.Meta(
-        min_length=1, max_length=max_text_chars, pattern=r"\S",
+        min_length=1, max_length=max_text_chars, pattern=VISIBLE,
         description=f"A review: 1 to {max_text_chars} characters, not only whitespace.")]
     texts = Annotated[list[text], msgspec.Meta(  # type: ignore[valid-type]
         min_length=1, max_length=max_texts, description=f"1 to {max_texts} reviews.")]

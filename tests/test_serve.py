@@ -164,6 +164,22 @@ def test_bad_input_is_a_client_error_with_a_message(client, body, headers, statu
     assert metric(after, "sent_predictions_total") == metric(before, "sent_predictions_total")
 
 
+@pytest.mark.parametrize(("text", "status"), [
+    ("\u001d", 422), ("\u001e", 422), ("\ufeff", 422), ("\x00\x00", 422), ("\u200b\u2060", 422),
+    (" \t\u00a0", 422), ("a\u001d", 200), ("\u00e9", 200), ("\u4e2d", 200), ("\U0001f600", 200),
+])
+def test_a_text_is_valid_exactly_when_the_schema_says_so(client, text, status):
+    """One definition of a text: the schema's pattern, read as a regex of any dialect (explicit
+    code points only, no \\s or \\S whose meaning differs), decides what the server accepts."""
+    import re
+
+    pattern = client.get("/schema/openapi.json").json()["paths"]["/predict"]["post"][
+        "requestBody"]["content"]["application/json"]["schema"]["properties"]["text"]["pattern"]
+    assert not re.search(r"\\[sSwWdD]", pattern)
+    assert bool(re.search(pattern, text)) == (status == 200)
+    assert client.post("/predict", json={"text": text}).status_code == status
+
+
 def test_json_with_charset_is_accepted(client):
     r = client.post("/predict", content=b'{"text": "fine"}',
                     headers={"content-type": "application/json; charset=utf-8"})
@@ -350,7 +366,7 @@ def test_openapi_schema_matches_the_limits(client):
     assert body["minProperties"] == body["maxProperties"] == 1
     assert body["properties"]["texts"]["maxItems"] == 8
     item = body["properties"]["texts"]["items"]
-    assert item["maxLength"] == 200 and item["minLength"] == 1 and item["pattern"] == r"\S"
+    assert item["maxLength"] == 200 and item["minLength"] == 1 and item["pattern"] == serve.VISIBLE
     assert body["properties"]["text"]["maxLength"] == 200
     assert {"200", "400", "413", "415", "422", "503"} <= set(op["responses"])
     assert {"/healthz", "/readyz", "/metrics"} <= set(doc["paths"])

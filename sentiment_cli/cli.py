@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -38,11 +38,12 @@ def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
     raise typer.Exit(code)
 
 
-def load_config(profile: str, overrides: list[str] | None):
+def load_config(profile: str, overrides: list[str] | None, options: dict[str, Any] | None = None):
+    """The configuration for a command: profile, --set overrides, then the command's own flags."""
     from sentiment_cli import config  # omegaconf costs ~100 ms: not for `sent --help`
 
     try:
-        return config.load(profile, overrides or [])
+        return config.load(profile, overrides or [], options=options)
     except config.ConfigError as exc:
         fail(str(exc), EXIT_USAGE)
 
@@ -142,10 +143,11 @@ def serve(
     """
     from sentiment_cli import serve as step
 
-    cfg = load_config(profile, set_)
-    _run(lambda: step.run(cfg, model=model, host=host, port=port, workers=workers,
-                          quantize=quantize, runtime=runtime, accuracy_gate=accuracy_gate,
-                          verify_hash=verify_hash))
+    # Each flag is the serve.* key of the same name, validated with the rest of the configuration.
+    flags = {"model": model, "host": host, "port": port, "workers": workers, "runtime": runtime,
+             "quantize": quantize, "accuracy_gate": accuracy_gate, "verify_hash": verify_hash}
+    cfg = load_config(profile, set_, {f"serve.{k}": v for k, v in flags.items()})
+    _run(lambda: step.run(cfg))
 
 
 PROMOTE_HELP = (

@@ -8,6 +8,7 @@ Every layer is validated against the schema: an unknown key or a wrong type is a
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -232,8 +233,14 @@ def load(
     profile: str | None = None,
     overrides: list[str] | None = None,
     root: Path | None = None,
-) -> DictConfig:
-    """Resolve the configuration; raises ConfigError with a one-line message."""
+    options: Mapping[str, Any] | None = None,
+) -> Config:
+    """Resolve the configuration; raises ConfigError with a one-line message.
+
+    `options` maps dotted keys to typed values from a command's own flags (`--port 8123` is
+    {"serve.port": 8123}; None means the flag was not given). They are the last layer, validated
+    like every other.
+    """
     root = root or Path.cwd()
     cfg = OmegaConf.structured(Config)
     cfg = _merge(cfg, _read_yaml(_packaged("params.yaml")), "packaged params.yaml")
@@ -245,12 +252,18 @@ def load(
         cfg = _merge(cfg, _read_yaml(path), f"profile {profile}")
     if overrides:
         cfg = _merge(cfg, _parse_overrides(overrides), "--set")
+    given = {k: v for k, v in (options or {}).items() if v is not None}
+    if given:
+        layer = OmegaConf.create({})
+        for key, value in given.items():
+            OmegaConf.update(layer, key, value, force_add=True)
+        cfg = _merge(cfg, layer, "command-line options")
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(f"configuration has no value for: {', '.join(missing)}")
     _validate(cfg)
     OmegaConf.set_readonly(cfg, True)
-    return cfg
+    return cfg  # type: ignore[return-value]  # a DictConfig that reads as the schema's Config
 
 
 def _validate(cfg: DictConfig) -> None:
@@ -270,7 +283,11 @@ def _validate(cfg: DictConfig) -> None:
          "data.val_fraction + data.test_fraction must be below 1"),
         (cfg.model.max_length >= 8, "model.max_length must be at least 8"),
         (cfg.serve.max_batch_size >= 1 and cfg.serve.max_texts >= 1, "serve batch limits must be >= 1"),
-        (cfg.serve.runtime in RUNTIMES, f"serve.runtime must be one of {RUNTIMES}"),
+        (cfg.serve.runtime in RUNTIMES, f"serve.runtime must be one of {RUNTIMES}, not {cfg.serve.runtime!r}"),
+        (0 <= cfg.serve.port <= 65535, f"serve.port must be in 0..65535, not {cfg.serve.port}"),
+        (cfg.serve.workers >= 1, f"serve.workers must be at least 1, not {cfg.serve.workers}"),
+        (cfg.serve.max_wait_ms >= 0 and cfg.serve.max_text_chars >= 1 and cfg.serve.max_body_bytes >= 1,
+         "serve.max_wait_ms must be >= 0 and the size limits >= 1"),
         (0 <= cfg.serve.max_accuracy_drop <= 1, "serve.max_accuracy_drop must be in [0, 1]"),
         (all(v in VARIANTS[1:] for v in cfg.eval.compare),
          f"eval.compare takes variants among {VARIANTS[1:]}"),
@@ -299,7 +316,7 @@ def flatten(cfg: DictConfig) -> dict[str, str]:
     return out
 
 
-def from_dict(data: dict[str, Any]) -> DictConfig:
+def from_dict(data: dict[str, Any]) -> Config:
     """Rebuild a validated config from a saved one (for example a model's sent.json)."""
     cfg = _merge(OmegaConf.structured(Config), OmegaConf.create(data), "saved configuration")
     OmegaConf.set_readonly(cfg, True)

@@ -7,18 +7,14 @@ whole suite; these are only for serving).
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
+
+from sentiment_cli import servers
 
 TRAIN_TEXTS = [
     "a gripping story with wonderful performances",
@@ -76,57 +72,41 @@ def wait_ready(client, timeout: float = 30.0) -> None:
     raise AssertionError(f"not ready after {timeout} s: {client.get('/readyz').text}")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+free_port = servers.free_port
 
 
 @dataclass
 class Server:
-    process: subprocess.Popen
-    url: str
+    """A running `sent serve` and where its prediction log goes."""
+
+    base: servers.Server
     log_dir: Path
-    output: Path
+
+    @property
+    def url(self) -> str:
+        return self.base.url
+
+    @property
+    def process(self):
+        return self.base.process
 
     def stop(self, timeout: float = 30.0) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait()
+        return self.base.stop(timeout)
 
     def text(self) -> str:
-        return self.output.read_text(errors="replace")
+        return self.base.text()
 
 
 @contextlib.contextmanager
 def running_server(model_dir: Path, workdir: Path, *args: str, ready_timeout: float = 90.0
                    ) -> Iterator[Server]:
     """`sent serve --model model_dir` on a free port of 127.0.0.1, ready; stopped with SIGTERM."""
-    port = free_port()
     log_dir = workdir / "predictions"
-    output = workdir / "server.out"
-    cmd = [sys.executable, "-m", "sentiment_cli.cli", "serve", "--model", str(model_dir),
-           "--host", "127.0.0.1", "--port", str(port), "--profile", "tiny",
-           "--set", f"paths.prediction_log={log_dir}", *args]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with output.open("wb") as out:
-        proc = subprocess.Popen(cmd, cwd=workdir, stdout=out, stderr=subprocess.STDOUT, env=env)
-    server = Server(proc, f"http://127.0.0.1:{port}", log_dir, output)
+    argv = servers.sent_command("serve", "--model", str(model_dir), "--profile", "tiny",
+                                "--set", f"paths.prediction_log={log_dir}", *args)
     try:
-        deadline = time.monotonic() + ready_timeout
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"server exited with {proc.returncode}:\n{server.text()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise AssertionError(f"server not ready in {ready_timeout} s:\n{server.text()}")
-            time.sleep(0.1)
-        yield server
-    finally:
-        server.stop()
+        with servers.running(argv, cwd=workdir, output=workdir / "server.out",
+                             ready_timeout=ready_timeout) as base:
+            yield Server(base, log_dir)
+    except servers.ServerFailed as exc:
+        raise AssertionError(str(exc)) from None

@@ -727,26 +727,27 @@ def test_cli_hands_uvicorn_the_app_and_the_options(tmp_path, tiny_model_dir, mon
     from litestar import Litestar
 
     calls = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append((app, kw)))
+    # the environment as the workers will see it, taken when the server starts
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append((app, kw, dict(serve.os.environ))))
     monkeypatch.chdir(tmp_path)
     for name in (serve.SPEC_ENV, "PROMETHEUS_MULTIPROC_DIR"):  # run() sets them; undo after
         monkeypatch.setenv(name, "")
         monkeypatch.delenv(name)
     result = _invoke("--model", str(tiny_model_dir), "--host", "0.0.0.0", "--port", "8123")
     assert result.exit_code == 0, result.output
-    app, kw = calls.pop()
+    app, kw, _ = calls.pop()
     assert isinstance(app, Litestar)
     assert (kw["host"], kw["port"], kw["timeout_graceful_shutdown"]) == ("0.0.0.0", 8123, 30)
 
     # Several workers: an import string and a factory, the resolved model passed by environment.
     result = _invoke("--model", str(tiny_model_dir), "--workers", "2", "--quantize", "--no-accuracy-gate")
     assert result.exit_code == 0, result.output
-    app, kw = calls.pop()
+    app, kw, env = calls.pop()
     assert app == "sentiment_cli.serve:app_from_env" and kw["factory"] and kw["workers"] == 2
-    spec = json.loads(serve.os.environ[serve.SPEC_ENV])
+    spec = json.loads(env[serve.SPEC_ENV])
     assert spec["folder"] == str(tiny_model_dir) and spec["threads"] >= 1
     assert spec["config"]["serve"]["quantize"] is True
-    assert "PROMETHEUS_MULTIPROC_DIR" in serve.os.environ
+    assert "PROMETHEUS_MULTIPROC_DIR" in env
     built = serve.app_from_env()  # what each worker runs
     assert isinstance(built, Litestar)
 

@@ -1,0 +1,121 @@
+"""Turn a model URI into a checked, ready Predictor: what `sent serve` and `sent drift` share.
+
+- resolve(): models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model or a folder → a local
+  folder, with its weights hash checked against the registry tag or the folder's sent.json.
+- check_accuracy(): the gate in front of a faster variant (int8, ONNX): `sent eval` must have
+  measured it on these very weights, within serve.max_accuracy_drop of fp32.
+- load_predictor(): the predictor serve.runtime and serve.quantize ask for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sentiment_cli import artifacts, config
+from sentiment_cli.model import (
+    CPU_CHUNK,
+    ONNX_CHUNK,
+    ModelError,
+    Predictor,
+    read_meta,
+    verify_weights,
+    weights_sha256,
+)
+from sentiment_cli.onnxrt import variant as variant_name
+
+if TYPE_CHECKING:
+    pass
+
+REFERENCE = config.VARIANTS[0]  # what the faster variants are measured against
+
+
+def model_version(info: dict[str, Any], meta: dict[str, Any]) -> str | None:
+    """The registry version, else a short weights hash: a log line always names its weights."""
+    if info.get("version"):
+        return str(info["version"])
+    digest = meta.get("weights_sha256")
+    return f"sha256:{digest[:12]}" if isinstance(digest, str) and digest else None
+
+
+def verify_folder(folder: Path, info: dict[str, Any]) -> None:
+    """Refuse weights that differ from the hash the folder's sent.json recorded at save time."""
+    if info.get("weights_sha256"):  # the registry already compared them with its tag
+        return
+    verify_weights(folder, read_meta(folder).get("weights_sha256"), "sent.json",
+                   action="refusing to serve (--no-verify-hash to override)")
+
+
+def resolve(cfg, uri: str, verify_hash: bool) -> tuple[Path, dict[str, Any]]:
+    """A local folder for any model URI, hash-checked; RegistryError/ModelError otherwise."""
+    from sentiment_cli import registry
+
+    folder, info = registry.resolve_model(cfg, uri, verify_hash=verify_hash)
+    if verify_hash:
+        verify_folder(Path(folder), info)
+    return Path(folder), info
+
+
+def load_predictor(cfg, folder: Path, info: dict[str, Any], threads: int | None = None,
+                   gate: bool = True) -> Predictor:
+    """The predictor serve.runtime and serve.quantize ask for, after the accuracy gate."""
+    s = cfg.serve
+    threads = s.threads if threads is None else threads
+    name = str(info.get("name") or folder.name)
+    wanted = variant_name(s.runtime, s.quantize)
+    if gate and s.accuracy_gate and wanted != REFERENCE:
+        check_accuracy(cfg, folder, info, wanted)
+    if s.runtime == "onnx":
+        from sentiment_cli.onnxrt import OnnxPredictor, usable_cores
+
+        # One lane more than cores: while a lane is in Python (tokenising, answering) or the event
+        # loop holds the GIL, the spare lane keeps both cores in ONNX Runtime (docs/performance.md).
+        predictor: Predictor = OnnxPredictor.from_folder(
+            folder, quantize=s.quantize, threads=threads or usable_cores() + 1, batch_size=ONNX_CHUNK,
+            name=name, cache=cfg.paths.onnx_cache)
+    else:
+        predictor = Predictor.from_folder(folder, quantize=s.quantize, threads=threads,
+                                          batch_size=CPU_CHUNK, name=name)
+        if not predictor.on_cpu:
+            predictor.batch_size = s.max_batch_size  # an accelerator wants the whole batch at once
+    predictor.version = model_version(info, predictor.meta)
+    return predictor
+
+
+def measured_accuracy(cfg, folder: Path, info: dict[str, Any], variant: str
+                      ) -> tuple[float, float, str] | None:
+    """(fp32 accuracy, variant accuracy, where it was read) from `sent eval`, or None.
+
+    Looked up in the model's MLflow run (eval logs test_accuracy_<variant> there), then in what
+    eval recorded for these very weights (artifacts.variant_accuracy).
+    """
+    key = variant.replace("-", "_")
+    meta = read_meta(folder)
+    run_id = info.get("run_id") or meta.get("mlflow_run_id")
+    if run_id and cfg.mlflow.enabled:
+        from sentiment_cli import registry
+
+        with contextlib.suppress(registry.RegistryError):
+            found = registry.get_run(cfg, str(run_id)).data.metrics
+            if "test_accuracy" in found and f"test_accuracy_{key}" in found:
+                return found["test_accuracy"], found[f"test_accuracy_{key}"], f"MLflow run {run_id}"
+    digest = info.get("weights_sha256") or weights_sha256(folder)
+    return artifacts.variant_accuracy(cfg, digest, variant)
+
+
+def check_accuracy(cfg, folder: Path, info: dict[str, Any], variant: str) -> str:
+    """Refuse a faster variant whose accuracy was not measured, or fell too far below fp32."""
+    limit = cfg.serve.max_accuracy_drop
+    found = measured_accuracy(cfg, folder, info, variant)
+    if found is None:
+        raise ModelError(
+            f"{variant} has no accuracy measurement for this model: run `sent eval` with {variant} in "
+            f"eval.compare (the default) on these weights first, or pass --no-accuracy-gate")
+    fp32, fast, source = found
+    if fp32 - fast > limit:
+        raise ModelError(
+            f"{variant} accuracy {fast:.4f} is {fp32 - fast:.4f} below fp32 ({fp32:.4f}, {source}); "
+            f"serve.max_accuracy_drop is {limit}: serve it as {REFERENCE} instead")
+    return (f"serving {variant}: accuracy {fast:.4f} against fp32 {fp32:.4f} ({source}), "
+            f"within serve.max_accuracy_drop {limit}")

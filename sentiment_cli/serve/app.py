@@ -1,0 +1,187 @@
+"""The Litestar app of `sent serve`: a factory that wires routes to a Service, and nothing else.
+
+`create_app(cfg, predictor=...)` lets tests pass a small model in; with no predictor the lifespan
+loads serve.model (resolved, hash-checked, gated) after startup.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from sentiment_cli import web
+from sentiment_cli.loading import load_predictor, resolve
+from sentiment_cli.model import Predictor
+from sentiment_cli.serve.contract import JSON_TYPES, PredictionOut, PredictResponse, request_schema, request_type
+from sentiment_cli.serve.service import Service
+from sentiment_cli.web import ErrorBody
+
+if TYPE_CHECKING:
+    from sentiment_cli.config import Config
+
+READY_WAIT_S = 30.0  # a request that finds its worker still loading waits this long for it
+
+PAGE_HEADERS = {
+    # The page is self-contained: its own inline script and style, and calls to this origin only.
+    "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; "
+    "style-src 'unsafe-inline'; connect-src 'self'; base-uri 'none'; form-action 'none'; "
+    "frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+def _index_html() -> str:
+    return (resources.files("sentiment_cli") / "static" / "index.html").read_text(encoding="utf-8")
+
+
+def _error_specs(cfg: Config) -> dict[int, Any]:
+    from litestar.openapi.datastructures import ResponseSpec
+
+    s = cfg.serve
+
+    def spec(description: str) -> ResponseSpec:
+        return ResponseSpec(ErrorBody, description=description, generate_examples=False)
+
+    return {
+        400: spec("The body is not valid JSON."),
+        413: spec(f"The body is over {s.max_body_bytes} bytes."),
+        415: spec("The body is not application/json."),
+        422: spec(f"Not {{\"text\": ...}} or {{\"texts\": [...]}}; an empty text; over {s.max_texts} "
+                  f"texts; a text over {s.max_text_chars} characters."),
+        503: spec("The model is still loading."),
+    }
+
+
+def _predict_route(cfg: Config, service: Service):
+    """POST /predict: decode and check the body, wait for the model, answer its predictions."""
+    from litestar import Request, post
+    from litestar.exceptions import HTTPException
+    from litestar.openapi.spec import Operation
+
+    s, m = cfg.serve, service.metrics
+    req_type = request_type(s.max_texts, s.max_text_chars)
+    body_schema = request_schema(req_type)
+    decoder = msgspec.json.Decoder(req_type)
+
+    @dataclass
+    class PredictOperation(Operation):
+        """Litestar documents no body for a handler that reads it itself; this adds it."""
+
+        def to_schema(self) -> dict[str, Any]:
+            out = super().to_schema()
+            out["requestBody"] = {"required": True, "content": {"application/json": {
+                "schema": body_schema}}}
+            return out
+
+    def reject(status: int, reason: str, detail: str) -> HTTPException:
+        m.rejected.labels(reason).inc()
+        return HTTPException(status_code=status, detail=detail)
+
+    async def read_texts(request: Request) -> list[str]:
+        media_type = request.content_type[0]
+        if media_type not in JSON_TYPES:
+            raise reject(415, "unsupported_media_type",
+                         f"Content-Type must be application/json, not {media_type or 'none'}")
+        try:
+            body = await request.body()
+        except HTTPException as exc:
+            if exc.status_code == 413:
+                raise reject(413, "body_too_large",
+                             f"request body is over {s.max_body_bytes} bytes") from None
+            raise
+        try:
+            data = decoder.decode(body)
+        except msgspec.ValidationError as exc:
+            raise reject(422, "invalid", f"invalid request: {exc}") from None
+        except msgspec.DecodeError as exc:
+            raise reject(400, "malformed_json", f"body is not valid JSON: {exc}") from None
+        if (data.texts is msgspec.UNSET) == (data.text is msgspec.UNSET):
+            raise reject(422, "invalid", 'send exactly one of "text" (a string) or "texts" (a list)')
+        return list(data.texts) if data.texts is not msgspec.UNSET else [data.text]
+
+    @post("/predict", status_code=200, operation_class=PredictOperation, responses=_error_specs(cfg),
+          request_max_body_size=s.max_body_bytes, summary="Classify one or more reviews",
+          operation_id="predict")
+    async def predict(request: Request) -> PredictResponse:
+        texts = await read_texts(request)
+        if not await service.wait_ready():
+            m.rejected.labels("not_ready").inc()
+            raise HTTPException(status_code=503, detail=f"model is {service.status}",
+                                headers={"Retry-After": "1"})
+        try:
+            preds, _ = await service.predict(texts)
+        except Exception:
+            m.failures.inc()
+            service.log_failure()
+            raise HTTPException(status_code=500, detail="prediction failed") from None
+        info = service.model_info()
+        assert info is not None
+        return PredictResponse(
+            predictions=[PredictionOut(p.label, p.label_id, p.score, p.probabilities) for p in preds],
+            model=info)
+
+    return predict
+
+
+def _page_route(cfg: Config):
+    from litestar import Response, get
+
+    page = _index_html().replace("{{max_text_chars}}", str(cfg.serve.max_text_chars))
+
+    @get("/", include_in_schema=False, media_type="text/html")
+    async def index() -> Response[str]:
+        return Response(page, media_type="text/html", headers=PAGE_HEADERS)
+
+    return index
+
+
+def create_app(cfg: Config, predictor: Predictor | None = None, model_uri: str | None = None, *,
+               loader: Callable[[], Predictor] | None = None,
+               ready_wait_s: float = READY_WAIT_S, debug: bool = False):
+    """The Litestar app. With no predictor, the lifespan runs `loader`, by default one that
+    resolves `model_uri` (serve.model when None), checks its hash and loads it.
+
+    A /predict request that arrives while the model is still loading waits up to ready_wait_s
+    for it (a sibling worker may already be ready and answering /readyz), then gets 503.
+    """
+    from litestar import Litestar, Request, Response
+    from litestar.openapi import OpenAPIConfig
+
+    from sentiment_cli import __version__
+
+    if predictor is None and loader is None:
+        uri = model_uri or cfg.serve.model
+
+        def loader() -> Predictor:
+            return load_predictor(cfg, *resolve(cfg, uri, cfg.serve.verify_hash))
+
+    service = Service(cfg, predictor, loader, ready_wait_s)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.stop()
+
+    return Litestar(
+        route_handlers=[_predict_route(cfg, service), *web.health_routes(service.readiness),
+                        _page_route(cfg), web.metrics_controller()],
+        lifespan=[lifespan],
+        middleware=[web.prometheus_middleware("sent_http")],
+        openapi_config=OpenAPIConfig(
+            title="sent", version=__version__, path="/schema",
+            description="Sentiment classification of short reviews. POST /predict with "
+                        '{"text": "..."} or {"texts": ["...", ...]}.'),
+        # Handlers' annotations are strings (postponed evaluation); these names resolve them.
+        signature_namespace={"Request": Request, "Response": Response},
+        logging_config=None,  # uvicorn owns logging; an app must not reconfigure the process
+        debug=debug,
+    )

@@ -1,0 +1,151 @@
+"""Micro-batching: the texts of concurrent requests gathered into forward passes on worker threads.
+
+Each request puts its texts on an asyncio queue; one batcher task gathers up to max_batch_size
+texts, waiting at most max_wait_ms after the oldest one arrived, runs the pass on a worker thread
+(the event loop keeps answering) and hands every request its own predictions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from sentiment_cli.model import Prediction
+
+
+@dataclass
+class _Item:
+    texts: Sequence[str]
+    future: asyncio.Future
+    arrived: float = field(default_factory=time.monotonic)
+
+
+class Batcher:
+    """Gathers the texts of concurrent requests into forward passes on worker threads.
+
+    With one lane (torch: its own threads work inside each pass) a batch holds up to
+    max_batch_size texts, and the next batch is gathered while nothing runs. With more lanes
+    (ONNX Runtime: one single-threaded pass per core) up to `lanes` batches run at once.
+    """
+
+    def __init__(self, predict: Callable[[list[str]], list[Prediction]], *, max_batch_size: int,
+                 max_wait_ms: float, on_batch: Callable[[int, float], None] | None = None,
+                 lanes: int = 1) -> None:
+        self._predict = predict
+        self.max_batch_size = max_batch_size
+        self.max_wait = max_wait_ms / 1000
+        self.lanes = max(1, lanes)
+        self._on_batch = on_batch
+        self._queue: asyncio.Queue[_Item | None] = asyncio.Queue()
+        self._executor = ThreadPoolExecutor(max_workers=self.lanes, thread_name_prefix="sent-forward")
+        self._task: asyncio.Task | None = None
+        self._running: set[asyncio.Task] = set()
+        self.queued_texts = 0
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="sent-batcher")
+
+    async def call(self, fn: Callable[[], Any]) -> Any:
+        """Run fn on a forward thread (the warm-up uses it: same threads, same torch state)."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    async def predict(self, texts: Sequence[str]) -> list[Prediction]:
+        if self._task is None or self._task.done():
+            raise RuntimeError("the batcher is not running")
+        item = _Item(texts, asyncio.get_running_loop().create_future())
+        self.queued_texts += len(texts)
+        self._queue.put_nowait(item)
+        return await item.future
+
+    async def stop(self) -> None:
+        """Finish the batches already queued and running, then stop."""
+        if self._task is not None and not self._task.done():
+            self._queue.put_nowait(None)
+            await self._task
+        self._executor.shutdown(wait=True)
+
+    async def _next(self, deadline: float) -> _Item | None | bool:
+        """The next item, or False once the deadline passed with nothing new."""
+        with contextlib.suppress(asyncio.QueueEmpty):
+            return self._queue.get_nowait()
+        timeout = deadline - time.monotonic()
+        if timeout <= 0:
+            return False
+        try:
+            return await asyncio.wait_for(self._queue.get(), timeout)
+        except TimeoutError:
+            return False
+
+    async def _run(self) -> None:
+        carried: _Item | None = None
+        stopping = False
+        free = asyncio.Semaphore(self.lanes)
+        while not stopping:
+            await free.acquire()  # gather only when a lane can take the batch
+            first = carried or await self._queue.get()
+            carried = None
+            if first is None:
+                free.release()
+                break
+            batch, count = [first], len(first.texts)
+            # Requests that queued while the lanes were busy are taken at once; the wait only
+            # bounds how long the oldest one may sit for company.
+            deadline = first.arrived + self.max_wait
+            while count < self.max_batch_size:
+                item = await self._next(deadline)
+                if item is False:
+                    break
+                if item is None:
+                    stopping = True
+                    break
+                if count + len(item.texts) > self.max_batch_size:
+                    carried = item
+                    break
+                batch.append(item)
+                count += len(item.texts)
+            self._launch(batch, free)
+        if carried is not None:
+            await free.acquire()
+            self._launch([carried], free)
+        if self._running:
+            await asyncio.gather(*self._running)
+
+    def _launch(self, batch: list[_Item], free: asyncio.Semaphore) -> None:
+        async def forward() -> None:
+            try:
+                await self._forward(batch)
+            finally:
+                free.release()
+
+        task = asyncio.get_running_loop().create_task(forward())
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    async def _forward(self, batch: list[_Item]) -> None:
+        self.queued_texts -= sum(len(i.texts) for i in batch)
+        live = [i for i in batch if not i.future.done()]  # a client that went away is skipped
+        if not live:
+            return
+        texts = [t for i in live for t in i.texts]
+        start = time.perf_counter()
+        try:
+            preds = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._predict, texts)
+        except Exception as exc:
+            for i in live:
+                if not i.future.done():
+                    i.future.set_exception(exc)
+            return
+        if self._on_batch:
+            self._on_batch(len(texts), time.perf_counter() - start)
+        pos = 0
+        for i in live:
+            n = len(i.texts)
+            if not i.future.done():
+                i.future.set_result(preds[pos:pos + n])
+            pos += n

@@ -1,0 +1,203 @@
+"""The state behind the routes: predictor, batcher, prediction log, readiness and the model's metrics.
+
+Loading and warming up the model run after startup, so /healthz answers (and /readyz says 503)
+while a large model loads; a request that arrives meanwhile waits up to ready_wait_s for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from sentiment_cli import predlog, web
+from sentiment_cli.errors import first_line
+from sentiment_cli.loading import REFERENCE
+from sentiment_cli.model import Prediction, Predictor
+from sentiment_cli.serve.batcher import Batcher
+from sentiment_cli.web import LATENCY_BUCKETS, ModelInfo
+
+if TYPE_CHECKING:
+    from sentiment_cli.config import Config
+
+log = logging.getLogger(__name__)
+
+
+class Metrics:
+    """The model's Prometheus metrics; HTTP request metrics come from Litestar's middleware."""
+
+    def __init__(self) -> None:
+        from prometheus_client import Counter, Gauge, Histogram
+
+        self.predictions = Counter("sent_predictions_total", "Predictions made, by label",
+                                   ["label"])
+        self.request_texts = Histogram("sent_request_texts", "Texts per /predict request",
+                                       buckets=[1, 2, 4, 8, 16, 32, 64, 128, 256])
+        self.input_chars = Histogram("sent_input_chars", "Characters per input text",
+                                     buckets=[16, 32, 64, 128, 256, 512, 1024, 2048, 5000, 20000])
+        self.batch_size = Histogram("sent_batch_size", "Texts per forward pass",
+                                    buckets=[1, 2, 4, 8, 16, 32, 64, 128, 256])
+        self.forward_seconds = Histogram("sent_forward_seconds", "Forward pass duration",
+                                         buckets=LATENCY_BUCKETS)
+        self.latency = Histogram("sent_predict_latency_seconds",
+                                 "Time a /predict request waits for its predictions "
+                                 "(queue + model)",
+                                 buckets=LATENCY_BUCKETS)
+        self.rejected = Counter("sent_rejected_requests_total", "Requests refused, by reason",
+                                ["reason"])
+        self.failures = Counter("sent_prediction_failures_total", "Forward passes that raised")
+        self.queued = Gauge("sent_queued_texts", "Texts waiting for a forward pass",
+                            multiprocess_mode="livesum")
+        self.model_info = Gauge("sent_model_info", "The model being served (value 1)",
+                                ["name", "version", "variant"], multiprocess_mode="livemax")
+
+
+_metrics: Metrics | None = None
+
+
+def metrics() -> Metrics:
+    """One set per process: prometheus_client's registry is global, tests build many apps."""
+    global _metrics
+    if _metrics is None:
+        _metrics = Metrics()
+    return _metrics
+
+
+
+class Service:
+    """State shared by the routes: the predictor, the batcher, the prediction log, readiness."""
+
+    def __init__(self, cfg: Config, predictor: Predictor | None, loader: Callable[[], Predictor] | None,
+                 ready_wait_s: float = 0.0) -> None:
+        self.cfg = cfg
+        self.predictor = predictor
+        self.loader = loader
+        self.status = "loading"
+        self.detail: str | None = None
+        self.ready_wait_s = ready_wait_s
+        self._settled: asyncio.Event | None = None  # set once ready or failed
+        self.batcher: Batcher | None = None
+        self.log: predlog.PredictionLog | None = None
+        self.metrics = metrics()
+        self._prepare: asyncio.Task | None = None
+        self._info_labels: tuple[str, str, str] | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.status == "ready"
+
+    async def wait_ready(self) -> bool:
+        """Whether the model is ready, waiting up to ready_wait_s while it loads."""
+        if self.status == "loading" and self._settled is not None and self.ready_wait_s > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._settled.wait(), self.ready_wait_s)
+        return self.ready
+
+    def readiness(self) -> web.Readiness:
+        return web.Readiness(status=self.status, model=self.model_info(), detail=self.detail)
+
+    def log_failure(self) -> None:
+        """Called inside an except block: the traceback goes to the log, not to the client."""
+        log.exception("prediction failed")
+
+    def model_info(self) -> ModelInfo | None:
+        p = self.predictor
+        return ModelInfo(name=p.name, version=p.version) if p is not None else None
+
+    async def start(self) -> None:
+        s = self.cfg.serve
+        self.log = predlog.PredictionLog(self.cfg.paths.prediction_log,
+                                         rotate_bytes=s.log_rotate_bytes)
+        # Loading and warming up run after startup, so /healthz answers (and /readyz says 503)
+        # while a large model loads.
+        self._settled = asyncio.Event()
+        self._prepare = asyncio.get_running_loop().create_task(self._load_and_warm_up())
+
+    def _batcher_for(self, predictor: Predictor) -> Batcher:
+        s, m = self.cfg.serve, self.metrics
+
+        def on_batch(n: int, seconds: float) -> None:
+            m.batch_size.observe(n)
+            m.forward_seconds.observe(seconds)
+
+        lanes = getattr(predictor, "lanes", 1)
+        if lanes > 1:  # each lane runs one small batch on one thread, side by side
+            return Batcher(functools.partial(predictor.predict, parallel=False),
+                           max_batch_size=min(s.max_batch_size, predictor.batch_size),
+                           max_wait_ms=s.max_wait_ms, on_batch=on_batch, lanes=lanes)
+        return Batcher(predictor.predict, max_batch_size=s.max_batch_size,
+                       max_wait_ms=s.max_wait_ms, on_batch=on_batch)
+
+    async def _load_and_warm_up(self) -> None:
+        batcher: Batcher | None = None
+        try:
+            if self.predictor is None:
+                assert self.loader is not None
+                self.predictor = await asyncio.to_thread(self.loader)
+            predictor = self.predictor
+            batcher = self._batcher_for(predictor)
+            start = time.perf_counter()
+            # One pass before traffic pays the first call's costs: lazy allocations, kernel choice.
+            await batcher.call(lambda: predictor.predict(["warm-up: a short review"]))
+            batcher.start()
+            self.batcher = batcher
+            self._info_labels = (predictor.name, str(predictor.version),
+                                 getattr(predictor, "variant", REFERENCE))
+            self.metrics.model_info.labels(*self._info_labels).set(1)
+            self.status = "ready"
+            self._settled.set()
+            logging.getLogger("uvicorn.error").info(
+                "model %s version %s ready as %s (warm-up %.0f ms)", predictor.name,
+                predictor.version, self._info_labels[2], (time.perf_counter() - start) * 1000)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.status, self.detail = "failed", first_line(exc)
+            log.error("cannot serve the model: %s", self.detail)
+            self._settled.set()
+            if batcher is not None and self.batcher is None:
+                await batcher.stop()  # the warm-up failed: release its thread
+
+    async def stop(self) -> None:
+        """Shutdown: uvicorn has drained in-flight requests; finish batches, flush the log."""
+        if self._prepare is not None and not self._prepare.done():
+            self._prepare.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._prepare
+        if self.batcher is not None:
+            await self.batcher.stop()
+        self.status = "loading"
+        if self.log is not None:
+            await asyncio.to_thread(self.log.close)
+        if not web.mark_process_dead() and self._info_labels is not None:
+            with contextlib.suppress(KeyError):
+                self.metrics.model_info.remove(*self._info_labels)
+
+    async def predict(self, texts: list[str]) -> tuple[list[Prediction], float]:
+        assert self.batcher is not None and self.predictor is not None
+        m = self.metrics
+        m.request_texts.observe(len(texts))
+        for t in texts:
+            m.input_chars.observe(len(t))
+        start = time.perf_counter()
+        m.queued.inc(len(texts))
+        try:
+            preds = await self.batcher.predict(texts)
+        finally:
+            m.queued.dec(len(texts))
+        latency = time.perf_counter() - start
+        m.latency.observe(latency)
+        for p in preds:
+            m.predictions.labels(p.label).inc()
+        if self.log is not None:
+            now = predlog.utc_now()
+            self.log.write(
+                predlog.make_record(t, p, model_name=self.predictor.name,
+                                    model_version=self.predictor.version,
+                                    latency_ms=latency * 1000, timestamp=now)
+                for t, p in zip(texts, preds, strict=True))
+        return preds, latency

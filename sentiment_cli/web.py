@@ -1,0 +1,138 @@
+"""What both HTTP services (`sent serve`, `sent drift --serve`) share.
+
+- Wire types every service answers with: health, readiness, errors, the model being used.
+- Prometheus: a /metrics controller documented as the text it returns, the HTTP middleware,
+  the per-worker multiprocess directory, and taking a worker's live gauges down on shutdown.
+- /healthz and /readyz route handlers over a service's own readiness.
+- Running an app under uvicorn with a graceful shutdown budget, one worker or several.
+
+Nothing here knows about models or drift; services pass their state in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import msgspec
+
+LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
+GRACEFUL_SHUTDOWN_S = 30  # in-flight requests get this long after SIGTERM
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+class ModelInfo(msgspec.Struct):
+    name: str
+    version: str | None
+
+
+class ErrorBody(msgspec.Struct):
+    status_code: int
+    detail: str
+
+
+class Health(msgspec.Struct):
+    status: str
+
+
+class Readiness(msgspec.Struct):
+    status: str  # loading | ready | failed
+    model: ModelInfo | None = None
+    detail: str | None = None
+
+
+def health_routes(readiness: Callable[[], Readiness], what: str = "the model is loaded and warmed up"
+                  ) -> list[Any]:
+    """GET /healthz (the process answers) and GET /readyz (200 once readiness() says ready)."""
+    from litestar import Response, get
+    from litestar.openapi.datastructures import ResponseSpec
+
+    @get("/healthz", summary="Liveness: the process answers", operation_id="healthz")
+    async def healthz() -> Health:
+        return Health(status="ok")
+
+    @get("/readyz", summary=f"Readiness: {what}", operation_id="readyz",
+         responses={503: ResponseSpec(Readiness, description="Loading, or loading failed.",
+                                      generate_examples=False)})
+    async def readyz() -> Response[Readiness]:
+        body = readiness()
+        return Response(body, status_code=200 if body.status == "ready" else 503)
+
+    return [healthz, readyz]
+
+
+def metrics_controller() -> type:
+    """Litestar's Prometheus exporter at /metrics, documented as the text it returns."""
+    import litestar
+    from litestar import Response
+    from litestar.plugins.prometheus import PrometheusController
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    class MetricsController(PrometheusController):
+        path = "/metrics"
+
+        @litestar.get(media_type=CONTENT_TYPE_LATEST, summary="Prometheus metrics",
+                      operation_id="metrics")
+        async def get(self) -> Response[str]:
+            return await PrometheusController.get.fn(self)
+
+    return MetricsController
+
+
+def prometheus_middleware(prefix: str, app_name: str = "sent") -> Any:
+    """HTTP request counts and latencies per route, named <prefix>_requests_total and so on."""
+    from litestar.plugins.prometheus import PrometheusConfig
+
+    return PrometheusConfig(app_name=app_name, prefix=prefix, group_path=True,
+                            buckets=LATENCY_BUCKETS).middleware
+
+
+def mark_process_dead() -> bool:
+    """In a multi-worker server, drop this worker's live gauges; False when single-process."""
+    if not os.environ.get(MULTIPROC_ENV):
+        return False
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(os.getpid())
+    return True
+
+
+@contextlib.contextmanager
+def multiprocess_dir() -> Iterator[str]:
+    """A PROMETHEUS_MULTIPROC_DIR for the workers of one server, unless the operator set one:
+    without a shared folder each worker would report only its own counts."""
+    given = os.environ.get(MULTIPROC_ENV)
+    if given:
+        yield given
+        return
+    own = tempfile.mkdtemp(prefix="sent-prometheus-")
+    os.environ[MULTIPROC_ENV] = own
+    try:
+        yield own
+    finally:
+        os.environ.pop(MULTIPROC_ENV, None)
+        shutil.rmtree(own, ignore_errors=True)
+
+
+def run_server(app: Any, *, host: str, port: int, workers: int = 1, factory: str | None = None,
+               graceful_s: float = GRACEFUL_SHUTDOWN_S) -> None:
+    """Serve until SIGINT/SIGTERM; requests in flight get graceful_s to finish.
+
+    One worker runs `app` in this process. Several run `factory` ("module:function", which each
+    worker calls to build its own app) with a shared Prometheus multiprocess directory.
+    """
+    import uvicorn
+
+    common: dict[str, Any] = dict(host=host, port=port, log_level="info", lifespan="on",
+                                  timeout_graceful_shutdown=graceful_s)
+    if workers == 1:
+        uvicorn.run(app, **common)
+        return
+    if factory is None:
+        raise ValueError("several workers need an app factory to call in each worker")
+    with multiprocess_dir():
+        uvicorn.run(factory, factory=True, workers=workers, **common)

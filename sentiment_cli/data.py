@@ -26,13 +26,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from sentiment_cli.errors import SentError, first_line
 from sentiment_cli.files import replaced_dir
+
+if TYPE_CHECKING:
+    from sentiment_cli.config import Config
 
 SPLITS = ("train", "validation", "test")
 TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
@@ -264,7 +267,7 @@ def split_frame(df: pd.DataFrame, fractions: dict[str, float], seed: int) -> dic
     return {s: df.loc[np.sort(np.concatenate(p))].reset_index(drop=True) for s, p in parts.items()}
 
 
-def resolve_source(cfg) -> tuple[dict[str, pd.DataFrame], bool]:
+def resolve_source(cfg: Config) -> tuple[dict[str, pd.DataFrame], bool]:
     """Raw splits from the configured source, and whether they are already in (text, label)."""
     source = cfg.data.source.strip()
     if source.startswith("hf:"):
@@ -284,7 +287,7 @@ def resolve_source(cfg) -> tuple[dict[str, pd.DataFrame], bool]:
     raise DataError(f"data source {source!r}: unsupported file type")
 
 
-def prepare(cfg) -> tuple[dict[str, pd.DataFrame], Report]:
+def prepare(cfg: Config) -> tuple[dict[str, pd.DataFrame], Report]:
     raw, canonical = resolve_source(cfg)
     text_col, label_col = ("text", "label") if canonical else (cfg.data.text_column, cfg.data.label_column)
     report = Report()

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sentiment_cli import __version__, config, data
+
+if TYPE_CHECKING:
+    from sentiment_cli.config import Config
 
 log = logging.getLogger(__name__)
 
 
-def run(cfg) -> Path:
+def run(cfg: Config) -> Path:
     """Fetch, validate and write the splits; returns the data folder."""
     splits, report = data.prepare(cfg)
     counts = {s: len(df) for s, df in splits.items()}

@@ -26,6 +26,9 @@ from sentiment_cli.model import (
 from sentiment_cli.onnxrt import variant as variant_name
 
 if TYPE_CHECKING:
+    from sentiment_cli.config import Config
+
+if TYPE_CHECKING:
     pass
 
 REFERENCE = config.VARIANTS[0]  # what the faster variants are measured against
@@ -47,7 +50,7 @@ def verify_folder(folder: Path, info: dict[str, Any]) -> None:
                    action="refusing to serve (--no-verify-hash to override)")
 
 
-def resolve(cfg, uri: str, verify_hash: bool) -> tuple[Path, dict[str, Any]]:
+def resolve(cfg: Config, uri: str, verify_hash: bool) -> tuple[Path, dict[str, Any]]:
     """A local folder for any model URI, hash-checked; RegistryError/ModelError otherwise."""
     from sentiment_cli import registry
 
@@ -57,7 +60,7 @@ def resolve(cfg, uri: str, verify_hash: bool) -> tuple[Path, dict[str, Any]]:
     return Path(folder), info
 
 
-def load_predictor(cfg, folder: Path, info: dict[str, Any], threads: int | None = None,
+def load_predictor(cfg: Config, folder: Path, info: dict[str, Any], threads: int | None = None,
                    gate: bool = True) -> Predictor:
     """The predictor serve.runtime and serve.quantize ask for, after the accuracy gate."""
     s = cfg.serve
@@ -83,7 +86,7 @@ def load_predictor(cfg, folder: Path, info: dict[str, Any], threads: int | None 
     return predictor
 
 
-def measured_accuracy(cfg, folder: Path, info: dict[str, Any], variant: str
+def measured_accuracy(cfg: Config, folder: Path, info: dict[str, Any], variant: str
                       ) -> tuple[float, float, str] | None:
     """(fp32 accuracy, variant accuracy, where it was read) from `sent eval`, or None.
 
@@ -104,7 +107,7 @@ def measured_accuracy(cfg, folder: Path, info: dict[str, Any], variant: str
     return artifacts.variant_accuracy(cfg, digest, variant)
 
 
-def check_accuracy(cfg, folder: Path, info: dict[str, Any], variant: str) -> str:
+def check_accuracy(cfg: Config, folder: Path, info: dict[str, Any], variant: str) -> str:
     """Refuse a faster variant whose accuracy was not measured, or fell too far below fp32."""
     limit = cfg.serve.max_accuracy_drop
     found = measured_accuracy(cfg, folder, info, variant)

@@ -17,11 +17,14 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sentiment_cli.errors import SentError
 from sentiment_cli.errors import first_line as _first_line
 from sentiment_cli.files import replaced_dir, write_json_atomic
+
+if TYPE_CHECKING:
+    from sentiment_cli.config import Config
 
 META_FILE = "sent.json"
 # How `sent serve` cuts its batches on a CPU (and `sent eval` when it measures a variant, so the
@@ -96,7 +99,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int):
     )
 
 
-def build(cfg, label_names: Sequence[str], train_texts: Iterable[str] | None = None, tokenizer=None):
+def build(cfg: Config, label_names: Sequence[str], train_texts: Iterable[str] | None = None, tokenizer=None):
     """A tokenizer and a classifier with len(label_names) outputs, ready to fine-tune.
 
     For "scratch" the tokenizer is trained on train_texts unless one is given (a resumed run

@@ -38,10 +38,13 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sentiment_cli import artifacts, model, registry
 from sentiment_cli.registry import MODEL_ARTIFACT, RegistryError
+
+if TYPE_CHECKING:
+    from sentiment_cli.config import Config
 
 EXIT_PROMOTED = 0  # the candidate is the champion now (promoted, already was, or rolled back)
 EXIT_KEPT = 3  # the champion stays; the candidate did not win
@@ -179,7 +182,7 @@ def reconcile(champion: str | None, history: list[str], pending: dict | None) ->
     return history + [champion]  # moved by hand, or by a racer whose history was overwritten
 
 
-def read_state(cfg, name: str, alias: str) -> State:
+def read_state(cfg: Config, name: str, alias: str) -> State:
     rm = registry.registered_model(cfg, name)
     if rm is None:
         return State(None, [], [], None)
@@ -192,7 +195,7 @@ def read_state(cfg, name: str, alias: str) -> State:
     return State(champion, reconcile(champion, stored, pending), stored, pending)
 
 
-def _repaired_state(cfg, name: str, alias: str) -> State:
+def _repaired_state(cfg: Config, name: str, alias: str) -> State:
     """read_state, writing the reconciled history back when it differs."""
     state = read_state(cfg, name, alias)
     if state.history != state.stored:
@@ -212,7 +215,7 @@ def _dump(history: list[str]) -> str:
     return json.dumps([int(v) if v.isdigit() else v for v in history[-MAX_HISTORY:]])
 
 
-def _move(cfg, name: str, alias: str, version: str, history: list[str]) -> bool:
+def _move(cfg: Config, name: str, alias: str, version: str, history: list[str]) -> bool:
     """Point the alias at version with this history; True when a re-read shows exactly that."""
     history = history[-MAX_HISTORY:]
     registry.set_model_tag(cfg, name, pending_tag(alias),
@@ -245,7 +248,7 @@ def _numeric(items: dict) -> dict[str, float]:
     return out
 
 
-def _folder_metrics(cfg, meta: dict, sha: str) -> dict[str, float]:
+def _folder_metrics(cfg: Config, meta: dict, sha: str) -> dict[str, float]:
     """Scores known to belong to exactly these weights: sent.json's training metrics, the metrics
     of the run that trained them (test_* once evaluated), metrics/eval.json if it evaluated them."""
     out = _numeric(meta.get("metrics") or {})
@@ -263,7 +266,7 @@ def _folder_metrics(cfg, meta: dict, sha: str) -> dict[str, float]:
     return out
 
 
-def _run_for_folder(cfg, folder: Path, name: str):
+def _run_for_folder(cfg: Config, folder: Path, name: str):
     """The run holding this folder's weights: an existing version's, or a new run."""
     model.check_folder(folder)  # the same rules as loading: safetensors, no remote code
     meta = model.read_meta(folder)
@@ -290,7 +293,7 @@ def _run_for_folder(cfg, folder: Path, name: str):
     return registry.get_run(cfg, run_id)
 
 
-def _candidate_run(cfg, run_id: str | None):
+def _candidate_run(cfg: Config, run_id: str | None):
     if run_id:
         run = registry.get_run(cfg, run_id)
         if not registry.has_model_artifact(cfg, run_id):
@@ -307,7 +310,7 @@ def _candidate_run(cfg, run_id: str | None):
     return run
 
 
-def _registered_hash(cfg, run) -> str:
+def _registered_hash(cfg: Config, run) -> str:
     """sha256 of the weights as stored in the artifact store, checked against what training
     recorded (sent.json inside the folder, the run's weights_sha256 tag)."""
     run_id = run.info.run_id
@@ -329,7 +332,7 @@ def version_tags(metrics: dict[str, float], metric: str, sha: str, run_id: str) 
     return {**{k: repr(float(v)) for k, v in sorted(scores.items())}, TAG_SHA: sha, TAG_RUN: run_id}
 
 
-def _register(cfg, name: str, run, tags: dict[str, str]):
+def _register(cfg: Config, name: str, run, tags: dict[str, str]):
     """The version for this run: the existing one (tags refreshed) or a new one."""
     run_id, source = run.info.run_id, registry.model_source(run)
     same = [mv for mv in registry.search_versions(cfg, name, run_id=run_id)
@@ -354,7 +357,7 @@ def _register(cfg, name: str, run, tags: dict[str, str]):
     return registry.model_version(cfg, name, mv.version) or mv
 
 
-def score_of(cfg, mv, metric: str) -> float | None:
+def score_of(cfg: Config, mv, metric: str) -> float | None:
     """A version's score: its tag, else its run's metric (a version registered by hand)."""
     if mv is None:
         return None
@@ -370,7 +373,7 @@ def score_of(cfg, mv, metric: str) -> float | None:
 # ---------------------------------------------------------------- the steps
 
 
-def run(cfg, run_id: str | None = None, model_dir: str | Path | None = None,
+def run(cfg: Config, run_id: str | None = None, model_dir: str | Path | None = None,
         force: bool = False) -> Outcome:
     """Register the candidate and move the alias if it wins; returns what happened."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -392,7 +395,7 @@ def run(cfg, run_id: str | None = None, model_dir: str | Path | None = None,
         return _promote(cfg, name, alias, mv, metric, force)
 
 
-def _promote(cfg, name: str, alias: str, mv, metric: str, force: bool) -> Outcome:
+def _promote(cfg: Config, name: str, alias: str, mv, metric: str, force: bool) -> Outcome:
     version = str(mv.version)
     score = score_of(cfg, mv, metric)
     if score is None and not force:
@@ -432,7 +435,7 @@ def _promote(cfg, name: str, alias: str, mv, metric: str, force: bool) -> Outcom
     raise _gave_up(name)
 
 
-def rollback(cfg) -> Outcome:
+def rollback(cfg: Config) -> Outcome:
     """Point the alias back at the previous champion; repeated, it walks further back."""
     name, alias, metric = cfg.mlflow.registered_model, cfg.promote.alias, cfg.promote.metric
     with registry.registry_lock(cfg):
@@ -463,7 +466,7 @@ def rollback(cfg) -> Outcome:
         raise _gave_up(name)
 
 
-def list_versions(cfg):
+def list_versions(cfg: Config):
     """A rich Table of the registered model's versions: scores, aliases, created, run."""
     from rich.table import Table
 

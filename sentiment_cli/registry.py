@@ -12,10 +12,13 @@ import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sentiment_cli.errors import SentError
 from sentiment_cli.errors import first_line as _first_line
+
+if TYPE_CHECKING:
+    from sentiment_cli.config import Config
 
 MODEL_ARTIFACT = "model"
 
@@ -34,11 +37,11 @@ def _user_env(name: str) -> str | None:
     return None if not value or _written.get(name) == value else value
 
 
-def tracking_uri(cfg) -> str:
+def tracking_uri(cfg: Config) -> str:
     return _user_env("MLFLOW_TRACKING_URI") or cfg.mlflow.tracking_uri
 
 
-def client(cfg):
+def client(cfg: Config):
     """An MlflowClient for the configured store (also sets the fluent API's URIs)."""
     # MLflow 3 sends usage telemetry by default; this project never phones home.
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -65,7 +68,7 @@ def _mlflow_errors() -> tuple[type[BaseException], ...]:
     return (MlflowException, OSError)
 
 
-def experiment_id(cfg) -> str:
+def experiment_id(cfg: Config) -> str:
     c = client(cfg)
     try:
         exp = c.get_experiment_by_name(cfg.mlflow.experiment)
@@ -83,7 +86,7 @@ def experiment_id(cfg) -> str:
 
 
 @contextmanager
-def run(cfg, run_id: str | None = None, run_name: str | None = None, tags: Mapping[str, str] | None = None
+def run(cfg: Config, run_id: str | None = None, run_name: str | None = None, tags: Mapping[str, str] | None = None
         ) -> Iterator[Any]:
     """Start (or resume, by id) an MLflow run; yields the active mlflow.ActiveRun."""
     import mlflow
@@ -134,7 +137,7 @@ def log_model_folder(folder: str | Path, run_id: str | None = None) -> str:
     return f"{c.get_run(rid).info.artifact_uri}/{MODEL_ARTIFACT}"
 
 
-def get_run(cfg, run_id: str):
+def get_run(cfg: Config, run_id: str):
     c = client(cfg)
     try:
         return c.get_run(run_id)
@@ -142,13 +145,13 @@ def get_run(cfg, run_id: str):
         raise RegistryError(f"no MLflow run {run_id!r} at {tracking_uri(cfg)}: {_first_line(exc)}") from None
 
 
-def set_run_tags(cfg, run_id: str, tags: Mapping[str, str]) -> None:
+def set_run_tags(cfg: Config, run_id: str, tags: Mapping[str, str]) -> None:
     c = client(cfg)
     for k, v in tags.items():
         c.set_tag(run_id, k, str(v))
 
 
-def download(cfg, uri: str, dst: str | Path | None = None) -> Path:
+def download(cfg: Config, uri: str, dst: str | Path | None = None) -> Path:
     """Download any artifact URI (runs:/, models:/, a store path) to a local folder."""
     import mlflow
 
@@ -173,7 +176,7 @@ def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
     raise RegistryError(f"bad model URI {uri!r}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
 
 
-def get_version(cfg, name: str, alias: str | None = None, version: str | None = None):
+def get_version(cfg: Config, name: str, alias: str | None = None, version: str | None = None):
     """The ModelVersion an alias points at, or a version by number."""
     c = client(cfg)
     try:
@@ -186,7 +189,7 @@ def get_version(cfg, name: str, alias: str | None = None, version: str | None = 
                             f"{_first_line(exc)}") from None
 
 
-def resolve_model(cfg, uri: str, dst: str | Path | None = None, verify_hash: bool = True
+def resolve_model(cfg: Config, uri: str, dst: str | Path | None = None, verify_hash: bool = True
                   ) -> tuple[Path, dict[str, Any]]:
     """A local model folder for a local path, a models:/ URI or a runs:/ URI, and what it is.
 
@@ -280,7 +283,7 @@ def _missing(exc: RegistryError) -> bool:
     return getattr(exc, "error_code", None) == "RESOURCE_DOES_NOT_EXIST"
 
 
-def latest_train_run(cfg, scan: int = 50):
+def latest_train_run(cfg: Config, scan: int = 50):
     """The newest finished run tagged sent.kind=train in cfg.mlflow.experiment that has a model
     artifact, or None."""
     c = client(cfg)
@@ -297,7 +300,7 @@ def latest_train_run(cfg, scan: int = 50):
     return None
 
 
-def has_model_artifact(cfg, run_id: str) -> bool:
+def has_model_artifact(cfg: Config, run_id: str) -> bool:
     c = client(cfg)
     files = _retry(lambda: c.list_artifacts(run_id, MODEL_ARTIFACT),
                    f"listing artifacts of run {run_id}")
@@ -309,7 +312,7 @@ def model_source(run) -> str:
     return f"{run.info.artifact_uri.rstrip('/')}/{MODEL_ARTIFACT}"
 
 
-def registered_model(cfg, name: str, create: bool = False):
+def registered_model(cfg: Config, name: str, create: bool = False):
     """The RegisteredModel (aliases, tags) or None; create=True makes it when missing."""
     c = client(cfg)
     where = f"registered model {name!r} at {tracking_uri(cfg)}"
@@ -330,7 +333,7 @@ def registered_model(cfg, name: str, create: bool = False):
     return _retry(lambda: c.get_registered_model(name), where)
 
 
-def search_versions(cfg, name: str, run_id: str | None = None,
+def search_versions(cfg: Config, name: str, run_id: str | None = None,
                     tags: Mapping[str, str] | None = None):
     """Model versions of `name` (optionally of one run, or with exact tag values), oldest first."""
     c = client(cfg)
@@ -348,7 +351,7 @@ def _quote(value: str) -> str:
     return str(value).replace("\\", "\\\\").replace("'", "\\'")
 
 
-def model_version(cfg, name: str, version: str):
+def model_version(cfg: Config, name: str, version: str):
     """A ModelVersion, or None when it does not exist (deleted)."""
     c = client(cfg)
     try:
@@ -360,7 +363,7 @@ def model_version(cfg, name: str, version: str):
         raise
 
 
-def create_version(cfg, name: str, run, tags: Mapping[str, str]):
+def create_version(cfg: Config, name: str, run, tags: Mapping[str, str]):
     """A new version of `name` whose source is the run's model folder.
 
     create_model_version, not mlflow.register_model: the latter wants an MLflow-flavoured model
@@ -372,26 +375,26 @@ def create_version(cfg, name: str, run, tags: Mapping[str, str]):
         f"registering run {run.info.run_id} as {name!r}")
 
 
-def set_version_tags(cfg, name: str, version: str, tags: Mapping[str, str]) -> None:
+def set_version_tags(cfg: Config, name: str, version: str, tags: Mapping[str, str]) -> None:
     c = client(cfg)
     for k, v in tags.items():
         _retry(lambda k=k, v=v: c.set_model_version_tag(name, str(version), k, str(v)),
                f"tagging {name!r} version {version}")
 
 
-def set_alias(cfg, name: str, alias: str, version: str) -> None:
+def set_alias(cfg: Config, name: str, alias: str, version: str) -> None:
     c = client(cfg)
     _retry(lambda: c.set_registered_model_alias(name, alias, str(version)),
            f"pointing {name}@{alias} at version {version}")
 
 
-def set_model_tag(cfg, name: str, key: str, value: str) -> None:
+def set_model_tag(cfg: Config, name: str, key: str, value: str) -> None:
     c = client(cfg)
     _retry(lambda: c.set_registered_model_tag(name, key, value),
            f"tagging registered model {name!r}")
 
 
-def delete_model_tag(cfg, name: str, key: str) -> None:
+def delete_model_tag(cfg: Config, name: str, key: str) -> None:
     c = client(cfg)
     try:
         _retry(lambda: c.delete_registered_model_tag(name, key),
@@ -412,7 +415,7 @@ def _sqlite_path(uri: str) -> Path | None:
 
 
 @contextmanager
-def registry_lock(cfg) -> Iterator[Path | None]:
+def registry_lock(cfg: Config) -> Iterator[Path | None]:
     """Serialise registry changes between processes sharing a local SQLite store.
 
     An advisory lock file beside the database (released by the OS if the holder dies). Remote

@@ -18,6 +18,9 @@ Speed (docs/performance.md, Serving): on a CPU, one text per forward pass on eac
 padded batches, so OnnxPredictor runs single-threaded passes side by side, `lanes` at a time.
 Accuracy: `sent eval` measures each variant against the fp32 torch model (eval.compare), and
 `sent serve` uses a variant only when that measurement is within serve.max_accuracy_drop.
+
+Longer than 400 lines because export, graph surgery, the check against torch and the cache are
+one recipe whose steps check each other; splitting it would spread one invariant over files.
 """
 
 from __future__ import annotations

@@ -25,6 +25,9 @@ alias is rolled forward from the intent, cut back to the alias, or extended with
 computes the repair gets the same answer, so racing repairs agree. On a local SQLite store
 the whole register-decide-write sequence runs under a file lock as well, so promoters take
 turns; against a tracking server the verify step above is what detects a racer.
+
+Longer than 400 lines because the decision and the consistency protocol that protects it (intent,
+move, history, verify, reconcile) read best side by side; each piece is a small function.
 """
 
 from __future__ import annotations

@@ -4,6 +4,10 @@ The tracking store is cfg.mlflow.tracking_uri (a SQLite file in the working dire
 default) unless MLFLOW_TRACKING_URI is set. Models are logged as plain artifact folders (the
 model folder written by `sent train`, safetensors inside) under the run's "model" path, and
 registered as model versions whose source is that folder. Nothing here runs at import.
+
+Longer than 400 lines because it is the only module that imports mlflow: tracking, artifacts and
+the Model Registry stay behind one door, so the retry rules, the SQLite lock and the one-line
+errors are written once.
 """
 
 from __future__ import annotations

@@ -204,44 +204,48 @@ def test_dvc_confusion_plot(dvc_yaml: dict, params: dict) -> None:
     assert (opts["template"], opts["x"], opts["y"]) == ("confusion", "actual", "predicted")
 
 
-def _module_file(name: str) -> Path:
-    return ROOT / PACKAGE / f"{name}.py"
+def _module_file(module: str) -> Path:
+    """The file of a dotted module name: a package's __init__.py, or the module's .py file."""
+    base = ROOT.joinpath(*module.split("."))
+    return base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
+
+
+def _is_module(module: str) -> bool:
+    return module.split(".")[0] == PACKAGE and _module_file(module).is_file()
 
 
 def _sent_imports(tree: ast.AST) -> set[str]:
-    """Modules of the package that a piece of code imports, at top level or inside functions."""
+    """Modules of the package (dotted, subpackages included) that a piece of code imports, at top
+    level or inside functions."""
     found: set[str] = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom):
-            if node.level == 1 and node.module:
-                found.add(node.module.split(".")[0])
-            elif node.level == 1:
-                found.update(a.name for a in node.names)
-            elif node.module == PACKAGE:
-                found.update(a.name for a in node.names if _module_file(a.name).is_file())
-            elif node.module and node.module.startswith(PACKAGE + "."):
-                found.add(node.module.split(".")[1])
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found.update(f"{node.module}.{a.name}" for a in node.names)  # `from pkg import submodule`
         elif isinstance(node, ast.Import):
-            for alias in node.names:
-                if alias.name.startswith(PACKAGE + "."):
-                    found.add(alias.name.split(".")[1])
-    return {m for m in found if _module_file(m).is_file()}
+            found.update(alias.name for alias in node.names)
+    return {m for m in found if _is_module(m)}
 
 
 def _closure(start: set[str]) -> set[str]:
-    seen: set[str] = set()
-    todo = list(start)
-    while todo:
-        mod = todo.pop()
-        if mod in seen:
-            continue
-        seen.add(mod)
-        todo.extend(_sent_imports(ast.parse(_module_file(mod).read_text())) - seen)
-    return seen
+    """Every module the start modules can reach (grimp's import graph, lazy imports included),
+    with the packages above each: importing a.b.c runs a/__init__.py and a/b/__init__.py."""
+    import grimp
+
+    graph = grimp.build_graph(PACKAGE)
+    reached = set(start)
+    for module in start:
+        reached |= graph.find_upstream_modules(module)
+    return {".".join(m.split(".")[:i]) for m in reached for i in range(1, len(m.split(".")) + 1)}
+
+
+def _dep_module(path: str) -> str:
+    """sentiment_cli/serve/app.py → sentiment_cli.serve.app; a package's __init__.py → the package."""
+    return path.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
 
 
 def test_dvc_code_deps_cover_what_each_step_imports(dvc_yaml: dict) -> None:
-    """Deps name modules, not the whole package (a serve.py edit must not retrain), so they must
+    """Deps name modules, not the whole package (a serve edit must not retrain), so they must
     name every module the step's code can reach, or DVC would skip a needed rerun."""
     import inspect
 
@@ -249,17 +253,24 @@ def test_dvc_code_deps_cover_what_each_step_imports(dvc_yaml: dict) -> None:
 
     callbacks = {(c.name or c.callback.__name__.replace("_", "-")): c.callback
                  for c in app.registered_commands}
-    cli_top = {m for node in ast.parse(_module_file("cli").read_text()).body
+    cli_top = {m for node in ast.parse(_module_file(f"{PACKAGE}.cli").read_text()).body
                if isinstance(node, ast.Import | ast.ImportFrom)
                for m in _sent_imports(node)}
     for name, stage in dvc_yaml["stages"].items():
         step = _sent_imports(ast.parse(inspect.getsource(callbacks[name]).strip()))
         # cli.py itself is not a dep (it only dispatches); what it loads for every command is
-        needed = {"__init__"} | _closure(cli_top | step)
-        listed = {Path(d).stem for d in _paths(stage["deps"]) if d.startswith(PACKAGE + "/")
+        needed = _closure(cli_top | step) - {f"{PACKAGE}.cli"}
+        listed = {_dep_module(d) for d in _paths(stage["deps"]) if d.startswith(PACKAGE + "/")
                   and d.endswith(".py")}
-        missing = sorted(f"{PACKAGE}/{m}.py" for m in needed - listed)
+        missing = sorted(str(_module_file(m).relative_to(ROOT)) for m in needed - listed)
         assert not missing, f"stage {name}: add to deps: {', '.join(missing)}"
+
+
+def test_dvc_code_deps_follow_subpackages() -> None:
+    """The closure reaches into subpackages: serve's app is found from the serve command."""
+    reached = _closure({f"{PACKAGE}.serve"})
+    assert {f"{PACKAGE}.serve.app", f"{PACKAGE}.serve.batcher", f"{PACKAGE}.loading", PACKAGE} <= reached
+    assert _dep_module(f"{PACKAGE}/serve/__init__.py") == f"{PACKAGE}.serve"
 
 
 def test_dvc_stages_profile_changes_no_params_value(dvc_yaml: dict) -> None:

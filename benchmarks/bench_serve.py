@@ -29,10 +29,7 @@ import json
 import os
 import platform
 import random
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -73,12 +70,6 @@ def build_random_distilbert(folder: Path) -> Path:
 # ---------------------------------------------------------------- servers
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @dataclass
 class Config:
     name: str
@@ -103,33 +94,15 @@ def configs(model: Path, work: Path, threads: list[int]) -> list[Config]:
 
 @contextlib.contextmanager
 def server(config: Config, workdir: Path):
-    import httpx
+    """The server of `config` on a free port, ready; stopped with SIGTERM (servers.running)."""
+    from sentiment_cli import servers
 
-    port = free_port()
-    out = (workdir / f"{config.name}.log").open("ab")
-    proc = subprocess.Popen([*config.args, "--host", "127.0.0.1", "--port", str(port)],
-                            cwd=workdir, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{config.name} exited with {proc.returncode}; see {out.name}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{config.name} not ready in 300 s")
-            time.sleep(0.2)
-        yield url
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        out.close()
+        with servers.running(config.args, cwd=workdir, output=workdir / f"{config.name}.log",
+                             ready_timeout=300, stop_timeout=60) as running:
+            yield running.url
+    except servers.ServerFailed as exc:
+        raise RuntimeError(f"{config.name}: {str(exc).splitlines()[0]}; see {config.name}.log") from None
 
 
 # ---------------------------------------------------------------- load

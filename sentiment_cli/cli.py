@@ -88,13 +88,44 @@ def fetch(profile: ProfileOpt = "cpu", set_: SetOpt = None) -> None:
 def train(
     profile: ProfileOpt = "cpu",
     set_: SetOpt = None,
-    resume: Annotated[bool, typer.Option(help="Continue from the last complete checkpoint.")] = False,
+    resume: Annotated[bool, typer.Option(
+        help="Continue from the newest complete checkpoint; an error when there is none.")] = False,
+    auto_resume: Annotated[bool | None, typer.Option(
+        "--auto-resume/--no-auto-resume",
+        help="Continue from the newest complete checkpoint when there is one, else start fresh "
+             "(default: on inside a Vertex AI job, where AIP_CHECKPOINT_DIR is set).")] = None,
+    launch_mode: Annotated[str, typer.Option(
+        "--launch",
+        help="none: train in this process (also right under `accelerate launch`). auto: start "
+             "`accelerate launch` with one process per local GPU (or $SENT_PROCESSES_PER_MACHINE), "
+             "across machines from CLUSTER_SPEC or MASTER_ADDR/MASTER_PORT/RANK/WORLD_SIZE.")] = "none",
 ) -> None:
-    """Fine-tune on paths.data_dir and write the model to paths.model_dir (+ an MLflow run)."""
+    """Fine-tune on paths.data_dir and write the model to paths.model_dir (+ an MLflow run).
+
+    Inside a job, secrets named by $SENT_SECRETS are read first and AIP_MODEL_DIR,
+    AIP_CHECKPOINT_DIR, AIP_TENSORBOARD_LOG_DIR become paths.model_dir, checkpoint_dir and
+    metrics_dir (your --set wins). SIGTERM: checkpoint at the next step, exit 143.
+    """
+    import os
+
+    from sentiment_cli import launch
     from sentiment_cli import train as step
 
-    cfg = load_config(profile, set_)
-    _run(lambda: step.run(cfg, resume=resume))
+    if launch_mode not in ("none", "auto"):
+        fail(f"--launch must be none or auto, not {launch_mode!r}", EXIT_USAGE)
+    job_sets = _run(lambda: launch.prepare_job(os.environ))
+    cfg = load_config(profile, [*job_sets, *(set_ or [])])
+    if launch_mode == "auto":
+        import torch
+
+        child = ["--profile", profile, *[a for s in set_ or [] for a in ("--set", s)]]
+        child += ["--resume"] if resume else []
+        child += [] if auto_resume is None else ["--auto-resume" if auto_resume else "--no-auto-resume"]
+        argv = _run(lambda: launch.plan(os.environ, torch.cuda.device_count(), child))
+        if argv:
+            raise typer.Exit(launch.run(argv))
+    auto = launch.in_job(os.environ) if auto_resume is None else auto_resume
+    _run(lambda: step.run(cfg, resume=True if resume else ("auto" if auto else False)))
 
 
 @app.command("eval")

@@ -4,7 +4,13 @@ Reads: paths.data_dir (train/validation parquet, meta.json), model.name.
 Writes: paths.model_dir (model, tokenizer, sent.json), metrics/train.json, checkpoints under
 paths.checkpoint_dir (for --resume), and an MLflow run (params, curves, the model artifact).
 
-The same code runs on the CPU, one GPU, or many via `accelerate launch -m sentiment_cli.cli train`.
+The same code runs on the CPU, one GPU, or many via `accelerate launch -m sentiment_cli.cli train`
+(or `sent train --launch auto`, which derives that launch: see launch.py). Every process runs the
+same barriers in the same order; only the main process writes files, prints and talks to MLflow.
+
+Restart-safe: on SIGTERM (spot preemption, Vertex AI restarting a worker) training writes a
+checkpoint at the next step boundary and exits with status 143; a checkpoint counts only once its
+state file, written last, exists (no folder rename: object storage has none that is atomic).
 """
 
 from __future__ import annotations
@@ -12,19 +18,31 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import re
 import shutil
+import signal
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from sentiment_cli import __version__, batches, config, data, files, metrics, model, registry
+from sentiment_cli import __version__, batches, config, data, files, launch, metrics, model, registry
 from sentiment_cli.cudagraph import GraphedStep, graphs_usable
+from sentiment_cli.errors import SentError
 
 log = logging.getLogger(__name__)
-STATE_FILE = "sent_state.json"
+STATE_FILE = "sent_state.json"  # a checkpoint's marker: written last, so its presence means complete
+BEST_MARKER = "sent_best.json"  # the same for a best-model folder
 CKPT_RE = re.compile(r"^step-(\d+)$")
+EXIT_SIGTERM = 143  # 128 + SIGTERM, what a supervisor expects from a process stopped by it
+
+
+class Stopped(SentError):
+    """SIGTERM arrived: a checkpoint was written and training stopped; resuming continues it."""
+
+    exit_code = EXIT_SIGTERM
 
 
 @dataclass
@@ -47,37 +65,92 @@ class State:
 
 
 def _checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoints, oldest first: a step-N folder counts once its state file exists."""
     found = [p for p in root.glob("step-*") if p.is_dir() and CKPT_RE.match(p.name)
              and (p / STATE_FILE).is_file()]
     return sorted(found, key=lambda p: int(CKPT_RE.match(p.name).group(1)))
 
 
-def _save_checkpoint(accelerator, root: Path, state: State, keep: int) -> None:
-    """save_state into step-N.tmp, add the state file last, then rename: only complete ones count."""
+def _agree(accelerator, value):
+    """The main process's value, on every process: each takes the same branch around a barrier."""
+    if accelerator.num_processes == 1:
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([value], from_process=0)[0]
+
+
+def _remove(folder: Path, marker: str) -> None:
+    """Marker first: a folder half-deleted (killed meanwhile) no longer counts as complete."""
+    (folder / marker).unlink(missing_ok=True)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _save_checkpoint(accelerator, root: Path, state: State, keep: int) -> Path:
+    """save_state into step-N, then the state file last: a folder without it is ignored.
+
+    Every process calls this at the same point. At an epoch end that falls on a step checkpoint
+    only the state file changes (same weights, optimizer and RNG state)."""
     final = root / f"step-{state.global_step:08d}"
     accelerator.wait_for_everyone()
-    if final.exists():
-        return
-    tmp = root / f"{final.name}.tmp"
-    if accelerator.is_main_process and tmp.exists():
-        shutil.rmtree(tmp)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
+    complete = _agree(accelerator, (final / STATE_FILE).is_file())
+    if not complete:
+        if accelerator.is_main_process and final.exists():
+            shutil.rmtree(final)  # left incomplete by a run that was killed while writing it
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(final))
+        accelerator.wait_for_everyone()  # every process's part (RNG states) is written
     if accelerator.is_main_process:
-        (tmp / STATE_FILE).write_text(json.dumps(asdict(state)))
-        tmp.rename(final)
+        files.write_json_atomic(final / STATE_FILE, asdict(state))
         for old in _checkpoints(root)[:-max(keep, 1)]:
-            shutil.rmtree(old, ignore_errors=True)
+            _remove(old, STATE_FILE)
     accelerator.wait_for_everyone()
+    return final
 
 
 def _load_checkpoint(accelerator, root: Path) -> State | None:
-    found = _checkpoints(root)
-    if not found:
+    newest = _checkpoints(root)
+    name = _agree(accelerator, newest[-1].name if newest else None)
+    if name is None:
         return None
-    last = found[-1]
-    accelerator.load_state(str(last))
-    return State(**json.loads((last / STATE_FILE).read_text()))
+    accelerator.load_state(str(root / name))
+    return State(**json.loads((root / name / STATE_FILE).read_text()))
+
+
+def _best_dir(root: Path, epoch: int) -> Path:
+    return root / f"best-{epoch:04d}"
+
+
+class StopRequest:
+    """SIGTERM → a flag read at step boundaries; all processes stop at the same step."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous = None
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+    def _handle(self, signum, _frame) -> None:
+        self.signum = signum
+
+    def now(self, accelerator, step: int, every: int, force: bool = False) -> bool:
+        """One process: at every step. Several: every `every` steps (an all-reduce costs a device
+        sync, which a step of these models cannot afford each time), and whenever forced."""
+        if accelerator.num_processes == 1:
+            return self.signum is not None
+        if not force and step % max(every, 1):
+            return False
+        import torch
+
+        flag = torch.tensor(1.0 if self.signum is not None else 0.0, device=accelerator.device)
+        return accelerator.reduce(flag, "sum").item() > 0
 
 
 # ---------------------------------------------------------------- pieces of the recipe
@@ -165,25 +238,37 @@ class Progress:
 # ---------------------------------------------------------------- the recipe
 
 
-def run(cfg, resume: bool = False) -> Path:
-    """Train; returns the model folder written."""
+def run(cfg, resume: bool | str = False) -> Path:
+    """Train; returns the model folder written.
+
+    resume: True continues from the newest complete checkpoint (and fails without one); "auto"
+    continues when there is one and starts fresh otherwise (what a restarted job does); False
+    starts fresh and clears old checkpoints."""
     import torch
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    from accelerate.utils import DataLoaderConfiguration, set_seed
 
     t = cfg.train
-    from accelerate.utils import DataLoaderConfiguration
-
     accelerator = Accelerator(mixed_precision=t.mixed_precision, gradient_accumulation_steps=t.grad_accum_steps,
+                              # without CUDA, processes started by torchrun must use gloo on the CPU:
+                              # otherwise Accelerate sees no backend and each thinks it is alone
+                              cpu=not torch.cuda.is_available(),
                               # pinned batches copied without blocking: the host runs ahead of the GPU
                               dataloader_config=DataLoaderConfiguration(non_blocking=True))
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and accelerator.num_processes != launched:
+        raise RuntimeError(f"launched as {launched} processes but Accelerate sees {accelerator.num_processes}")
     main = accelerator.is_main_process
-    ckpt_root = Path(cfg.paths.checkpoint_dir)
+    ckpt_root = Path(launch.fuse_path(cfg.paths.checkpoint_dir))
+    if resume == "auto":
+        resume = _agree(accelerator, bool(_checkpoints(ckpt_root)))
+        if resume and main:
+            print(f"resuming from {_checkpoints(ckpt_root)[-1]}", flush=True)
+    elif resume and not _agree(accelerator, bool(_checkpoints(ckpt_root))):
+        raise FileNotFoundError(f"--resume: no complete checkpoint in {ckpt_root}")
     if not resume and main and ckpt_root.exists():
         shutil.rmtree(ckpt_root)  # a fresh run never continues someone else's checkpoints
     accelerator.wait_for_everyone()
-    if resume and not _checkpoints(ckpt_root):
-        raise FileNotFoundError(f"--resume: no complete checkpoint in {ckpt_root}")
     set_seed(cfg.seed)
 
     # data
@@ -192,12 +277,13 @@ def run(cfg, resume: bool = False) -> Path:
     labels = list(data_meta["labels"])
     saved_tok = ckpt_root / "tokenizer"
     tokenizer = None
-    if resume and saved_tok.is_dir():
+    if resume:  # written before the first checkpoint, so complete whenever one is
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(saved_tok, local_files_only=True)
     tokenizer, net = model.build(cfg, labels, train_texts=splits["train"]["text"].tolist(), tokenizer=tokenizer)
-    if main and not saved_tok.is_dir():
+    _same_tokenizer_everywhere(accelerator, tokenizer)
+    if main and not resume:
         tokenizer.save_pretrained(saved_tok)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     train_ds, val_ds = (batches.EncodedDataset(tokenizer, splits[s]["text"], splits[s]["label"],
@@ -233,6 +319,7 @@ def run(cfg, resume: bool = False) -> Path:
     state = State()
     if resume:
         state = _load_checkpoint(accelerator, ckpt_root) or state
+    accelerator.wait_for_everyone()
 
     resolved = config.to_dict(cfg)
     tracking = main and cfg.mlflow.enabled
@@ -246,16 +333,18 @@ def run(cfg, resume: bool = False) -> Path:
                 registry.log_params({**config.flatten(cfg), "data.sha256": data_meta["sha256"],
                                      "world_size": accelerator.num_processes, "total_steps": total_steps})
             print(f"MLflow run {state.run_id} at {registry.tracking_uri(cfg)}", flush=True)
-        state = _loop(cfg, accelerator, net, optimizer, scheduler, train_dl, val_dl, sampler, labels, state,
-                      total_steps, ckpt_root, tokenizer, graphed, tracking)
-        return _finish(cfg, accelerator, net, tokenizer, labels, state, data_meta, resolved)
+        with StopRequest() as stop:
+            state = _loop(cfg, accelerator, net, optimizer, scheduler, train_dl, val_dl, sampler, labels, state,
+                          total_steps, ckpt_root, tokenizer, graphed, tracking, stop)
+        return _finish(cfg, accelerator, tokenizer, labels, state, data_meta, resolved)
     finally:
         if run_ctx:
             run_ctx.__exit__(*sys.exc_info())
 
 
 def _loop(cfg, accelerator, net, optimizer, scheduler, train_dl, val_dl, sampler, labels, state: State,
-          total_steps: int, ckpt_root: Path, tokenizer, graphed: GraphedStep | None, tracking: bool) -> State:
+          total_steps: int, ckpt_root: Path, tokenizer, graphed: GraphedStep | None, tracking: bool,
+          stop: StopRequest) -> State:
     import torch
 
     t = cfg.train
@@ -311,6 +400,9 @@ def _loop(cfg, accelerator, net, optimizer, scheduler, train_dl, val_dl, sampler
                 if state.global_step >= total_steps:
                     done = True
                     break
+                if stop.now(accelerator, state.global_step, t.log_every_steps):
+                    state.train_seconds += time.perf_counter() - tick
+                    _stop(accelerator, ckpt_root, state, t.keep_checkpoints, progress)
             state.train_seconds += time.perf_counter() - tick
             scores = validate(accelerator, net, val_dl, labels)
             state.history.append({"epoch": state.epoch + 1, **scores})
@@ -322,8 +414,9 @@ def _loop(cfg, accelerator, net, optimizer, scheduler, train_dl, val_dl, sampler
                                  f"val_accuracy {scores['val_accuracy']:.4f} val_f1 {scores['val_f1']:.4f}"
                                  + (" (best)" if improved else ""))
             if improved:
+                previous_best = state.best_epoch
                 state.best_score, state.best_epoch, state.bad_epochs = scores["val_accuracy"], state.epoch + 1, 0
-                _save_best(cfg, accelerator, net, tokenizer, ckpt_root)
+                _save_best(accelerator, net, ckpt_root, state.best_epoch, previous_best)
             else:
                 state.bad_epochs += 1
             state.epoch += 1
@@ -332,27 +425,78 @@ def _loop(cfg, accelerator, net, optimizer, scheduler, train_dl, val_dl, sampler
             if t.early_stopping_patience and state.bad_epochs >= t.early_stopping_patience:
                 progress.message(f"early stop: no better val_accuracy for {state.bad_epochs} epochs")
                 break
+            if not done and stop.now(accelerator, state.global_step, 1, force=True):
+                _stop(accelerator, ckpt_root, state, t.keep_checkpoints, progress)
     finally:
         progress.close()
     return state
 
 
-def _save_best(cfg, accelerator, net, tokenizer, ckpt_root: Path) -> None:
+def _stop(accelerator, ckpt_root: Path, state: State, keep: int, progress: Progress) -> None:
+    where = _save_checkpoint(accelerator, ckpt_root, state, keep)
+    progress.message(f"SIGTERM: checkpoint {where} written at step {state.global_step}; stopping")
+    raise Stopped(f"stopped by SIGTERM at step {state.global_step}; `sent train --resume` continues "
+                  "(a job restarted by Vertex AI resumes by itself)")
+
+
+def _same_tokenizer_everywhere(accelerator, tokenizer) -> None:
+    """Each process builds its tokenizer (from the same texts, or the same checkpoint); a vocabulary
+    that differs between processes would train garbage without an error, so compare them."""
+    if accelerator.num_processes == 1:
+        return
+    import hashlib
+
+    from accelerate.utils import gather_object
+
+    vocab = json.dumps(sorted(tokenizer.get_vocab().items())).encode()
+    digests = set(gather_object([hashlib.sha256(vocab).hexdigest()]))
+    if len(digests) != 1:
+        raise RuntimeError(f"the processes built {len(digests)} different tokenizers")
+
+
+def _save_best(accelerator, net, ckpt_root: Path, epoch: int, previous: int) -> None:
+    """best-EPOCH/: weights, then the marker; the previous best goes only once this one is complete."""
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        folder = _best_dir(ckpt_root, epoch)
+        if folder.exists():
+            shutil.rmtree(folder)  # an incomplete one, left by a run killed while writing it
         unwrapped = accelerator.unwrap_model(net)
         unwrapped = getattr(unwrapped, "_orig_mod", unwrapped)  # torch.compile wrapper
-        model.save(ckpt_root / "best", unwrapped, tokenizer, {"config": config.to_dict(cfg)})
+        unwrapped.save_pretrained(folder, safe_serialization=True)
+        files.write_json_atomic(folder / BEST_MARKER, {"epoch": epoch})
+        if previous >= 0 and previous != epoch:
+            _remove(_best_dir(ckpt_root, previous), BEST_MARKER)
     accelerator.wait_for_everyone()
 
 
-def _finish(cfg, accelerator, net, tokenizer, labels, state: State, data_meta: dict, resolved: dict) -> Path:
+def _publish(out: Path, net, tokenizer, meta: dict) -> None:
+    """The model folder for downstream steps. Locally: built beside it, then swapped in by a rename.
+    On Cloud Storage FUSE a folder rename is not atomic (flat buckets), so the folder is built on
+    local disk and its files copied into place with sent.json, which readers check, last."""
+    if not launch.on_object_storage(str(out)):
+        model.save(out, net, tokenizer, meta)
+        return
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="sent-model-") as tmp:
+        local = model.save(Path(tmp) / "model", net, tokenizer, meta)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / model.META_FILE).unlink(missing_ok=True)
+        names = sorted(p.name for p in local.iterdir() if p.is_file())
+        for name in [n for n in names if n != model.META_FILE] + [model.META_FILE]:
+            shutil.copyfile(local / name, out / name)
+
+
+def _finish(cfg, accelerator, tokenizer, labels, state: State, data_meta: dict, resolved: dict) -> Path:
     """Write the best model as paths.model_dir with everything downstream needs to know."""
-    out = Path(cfg.paths.model_dir)
+    out = Path(launch.fuse_path(cfg.paths.model_dir))
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         return out
-    best = Path(cfg.paths.checkpoint_dir) / "best"
+    best = _best_dir(Path(launch.fuse_path(cfg.paths.checkpoint_dir)), state.best_epoch)
+    if not (best / BEST_MARKER).is_file():
+        raise FileNotFoundError(f"the best epoch's weights are missing from {best}")
     speed = state.samples_seen / state.train_seconds if state.train_seconds > 0 else 0.0
     best_scores = next((h for h in state.history if h["epoch"] == state.best_epoch), {})
     summary = {
@@ -379,8 +523,8 @@ def _finish(cfg, accelerator, net, tokenizer, labels, state: State, data_meta: d
 
     best_model = AutoModelForSequenceClassification.from_pretrained(best, local_files_only=True,
                                                                     use_safetensors=True)
-    model.save(out, best_model, tokenizer, meta)
-    files.write_json_atomic(Path(cfg.paths.metrics_dir) / "train.json",
+    _publish(out, best_model, tokenizer, meta)
+    files.write_json_atomic(Path(launch.fuse_path(cfg.paths.metrics_dir)) / "train.json",
                             {**summary, "mlflow_run_id": state.run_id, "model_dir": str(out)})
     if cfg.mlflow.enabled:
         registry.log_metrics({"best_val_accuracy": state.best_score, "train_samples_per_second": speed,

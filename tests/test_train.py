@@ -151,6 +151,86 @@ def test_kill_and_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path
     assert _mlflow_client(d).get_run(run_id).info.status == "FINISHED"
 
 
+def _same_weights(a_dir: Path, b_dir: Path) -> None:
+    a = load_file(a_dir / "models/candidate/model.safetensors")
+    b = load_file(b_dir / "models/candidate/model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert (a[key] == b[key]).all(), f"{key} differs after resume"
+
+
+def test_sigterm_checkpoints_and_the_restarted_job_resumes_to_the_same_weights(tmp_path):
+    """Spot preemption: SIGTERM → a checkpoint at the next step and exit 143; the restarted job
+    (AIP_CHECKPOINT_DIR set, as Vertex AI does) resumes by itself and ends bit-identical."""
+    sets = [a for s in [*FAST, "train.epochs=2", "train.checkpoint_every_steps=1000"] for a in ("--set", s)]
+    args = ["--profile", "tiny", *sets]
+    dirs = {name: tmp_path / name for name in ("straight", "stopped")}
+    for d in dirs.values():
+        d.mkdir()
+        assert _run_sent(["fetch", *args], d, _env(d)).wait(120) == 0
+    straight = _run_sent(["train", *args], dirs["straight"], _env(dirs["straight"]))
+
+    d = dirs["stopped"]
+    job_env = {**_env(d), "AIP_CHECKPOINT_DIR": str(d / "job-checkpoints")}
+    victim = _run_sent(["train", *args], d, job_env)
+    lines = []
+    for line in victim.stdout:  # wait until training is under way, then preempt it
+        lines.append(line)
+        if line.startswith("step 10:"):
+            victim.send_signal(signal.SIGTERM)
+            break
+    out = "".join(lines) + victim.stdout.read()
+    assert victim.wait(60) == 143, out
+    assert "SIGTERM" in out and "Traceback" not in out
+    assert not (d / "models" / "candidate").exists()
+    ckpts = sorted((d / "job-checkpoints").glob("step-*/sent_state.json"))
+    assert ckpts, "no checkpoint written on SIGTERM"  # checkpoint_every_steps=1000: only SIGTERM wrote it
+    stopped_at = json.loads(ckpts[-1].read_text())
+    assert 10 <= stopped_at["global_step"] < 19  # the next step boundary, inside epoch 1 (19 steps)
+    # a newer folder without its state file (a save cut short) is not a checkpoint
+    (d / "job-checkpoints" / "step-00009999").mkdir()
+
+    restarted = _run_sent(["train", *args], d, job_env)  # no --resume: a restarted job finds it
+    out, _ = restarted.communicate(timeout=300)
+    assert restarted.returncode == 0, out
+    assert f"resuming from {d / 'job-checkpoints' / ckpts[-1].parent.name}" in out
+    assert straight.wait(300) == 0
+    _same_weights(dirs["straight"], d)
+    run_id = stopped_at["run_id"]
+    assert model.read_meta(d / "models/candidate")["mlflow_run_id"] == run_id  # the same MLflow run
+    assert _mlflow_client(d).get_run(run_id).info.status == "FINISHED"
+
+
+def test_auto_resume_without_checkpoints_starts_fresh(workdir):
+    runner = CliRunner()
+    sets = [a for s in [*FAST, "train.max_steps=3"] for a in ("--set", s)]
+    assert runner.invoke(app, ["fetch", "--profile", "tiny", *sets]).exit_code == 0
+    result = runner.invoke(app, ["train", "--profile", "tiny", "--auto-resume", *sets])
+    assert result.exit_code == 0, result.output
+    assert "resuming" not in result.output
+    assert json.loads(Path("metrics/train.json").read_text())["global_step"] == 3
+    # best-EPOCH/ and the step checkpoints carry their markers; no folder is left half-named
+    names = sorted(p.name for p in Path("checkpoints").iterdir())
+    assert names == ["best-0001", "step-00000003", "tokenizer"], names
+    assert (Path("checkpoints/best-0001") / "sent_best.json").is_file()
+    assert not list(Path("checkpoints").glob("*.tmp")) and not list(Path("checkpoints").glob(".*"))
+
+
+def test_vertex_output_folders_become_paths(workdir, monkeypatch):
+    runner = CliRunner()
+    sets = [a for s in [*FAST, "train.max_steps=2"] for a in ("--set", s)]
+    assert runner.invoke(app, ["fetch", "--profile", "tiny", *sets]).exit_code == 0
+    for name, sub in (("AIP_MODEL_DIR", "model"), ("AIP_CHECKPOINT_DIR", "checkpoints"),
+                      ("AIP_TENSORBOARD_LOG_DIR", "logs")):
+        monkeypatch.setenv(name, str(workdir / "job" / sub))
+    result = runner.invoke(app, ["train", "--profile", "tiny", *sets, "--set", "mlflow.enabled=false"])
+    assert result.exit_code == 0, result.output
+    assert model.read_meta(workdir / "job/model")["labels"] == ["neg", "pos"]
+    assert (workdir / "job/logs/train.json").is_file()
+    assert list((workdir / "job/checkpoints").glob("step-*/sent_state.json"))
+    assert not (workdir / "models").exists() and not (workdir / "checkpoints").exists()
+
+
 def test_resume_without_checkpoints_is_a_clear_error(workdir):
     runner = CliRunner()
     assert runner.invoke(app, ["fetch", "--profile", "tiny"]).exit_code == 0

@@ -61,7 +61,7 @@ lock:
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
 	.lock-venv/bin/python -m pip install -q --upgrade pip
 	.lock-venv/bin/python -m pip install -q "torch==$(TORCH_VERSION)" $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
-	.lock-venv/bin/python -m pip install -q -e ".[dev,vertex,gcs,bench]"
+	.lock-venv/bin/python -m pip install -q -e ".[dev,docs,vertex,gcs,bench]"
 	{ echo "# Pinned versions of every dependency (a pip constraints file: pip install -c requirements/lock.txt ...)."; \
 	  echo "# Regenerate with: make lock   (Python 3.11, CPU torch; GPU users install a CUDA torch of the same version first)"; \
 	  .lock-venv/bin/python -m pip freeze --exclude-editable | sed -e 's/+cpu$$//' | grep -v '^-e '; } > requirements/lock.txt

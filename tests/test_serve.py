@@ -138,6 +138,9 @@ BAD = [
     pytest.param(b'{"review": "good"}', JSON, 422, "unknown field", id="unknown-key"),
     pytest.param(b'["good"]', JSON, 422, "Expected `object`", id="array-body"),
     pytest.param(b"", JSON, 400, "not valid JSON", id="empty-body"),
+    pytest.param(b'{"text": "\xff\xfe not utf-8"}', JSON, 400, "not valid UTF-8", id="latin-1-in-a-string"),
+    pytest.param(b'{"texts": ["ok", "\xc3\x28"]}', JSON, 400, "not valid UTF-8", id="broken-utf-8-in-list"),
+    pytest.param(b"\xff\xfe{}", JSON, 400, "not valid JSON", id="binary-body"),
     pytest.param(b'{"texts": ["a"]}' + b" " * 5000, JSON, 413, "over 4096 bytes",
                  id="body-too-big"),
     pytest.param(json.dumps({"texts": ["x"] * 9}).encode(), JSON, 422, "length <= 8",
@@ -327,6 +330,34 @@ def test_a_failing_forward_pass_is_a_500_and_counted(cfg, tiny_predictor):
         after = scrape(c)
     assert metric(after, "sent_prediction_failures_total") == metric(
         before, "sent_prediction_failures_total") + 1
+
+
+def test_an_unplanned_failure_is_a_500_counted_and_logged(cfg, tiny_model_dir, caplog):
+    """Nothing a client sends should reach this; if a bug does, the operator sees it. The bug
+    planted here: a label the response encoder cannot write."""
+    import dataclasses
+
+    from sentiment_cli.model import Predictor
+
+    class Unwritable:
+        def __str__(self) -> str:
+            return "unwritable"
+
+    class Buggy(Predictor):
+        def predict(self, texts, parallel=True):
+            return [dataclasses.replace(p, label=Unwritable()) for p in super().predict(texts, parallel)]
+
+    plain = Predictor.from_folder(tiny_model_dir, name="tiny")
+    buggy = Buggy(plain.model, plain.tokenizer, name="tiny", version="1")
+    with TestClient(serve.create_app(cfg, predictor=buggy)) as c:
+        wait_ready(c)
+        before = scrape(c)
+        with caplog.at_level("ERROR"):
+            r = c.post("/predict", json={"text": "hello"})
+        assert r.status_code == 500 and "object" not in r.text
+        after = scrape(c)
+    assert metric(after, "sent_internal_errors_total") == metric(before, "sent_internal_errors_total") + 1
+    assert any("internal error answering POST /predict" in rec.getMessage() for rec in caplog.records)
 
 
 # ---------------------------------------------------------------- metrics, schema, page

@@ -7,6 +7,7 @@ loads serve.model (resolved, hash-checked, gated) after startup.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -24,6 +25,7 @@ from sentiment_cli.web import ErrorBody
 if TYPE_CHECKING:
     from sentiment_cli.config import Config
 
+log = logging.getLogger(__name__)
 READY_WAIT_S = 30.0  # a request that finds its worker still loading waits this long for it
 
 PAGE_HEADERS = {
@@ -101,6 +103,8 @@ def _predict_route(cfg: Config, service: Service):
             raise reject(422, "invalid", f"invalid request: {exc}") from None
         except msgspec.DecodeError as exc:
             raise reject(400, "malformed_json", f"body is not valid JSON: {exc}") from None
+        except UnicodeDecodeError as exc:  # a string holding bytes that are not UTF-8
+            raise reject(400, "malformed_json", f"body is not valid UTF-8 JSON ({exc.reason})") from None
         if (data.texts is msgspec.UNSET) == (data.text is msgspec.UNSET):
             raise reject(422, "invalid", 'send exactly one of "text" (a string) or "texts" (a list)')
         return list(data.texts) if data.texts is not msgspec.UNSET else [data.text]
@@ -127,6 +131,22 @@ def _predict_route(cfg: Config, service: Service):
             model=info)
 
     return predict
+
+
+def _internal_error_handler(service: Service):
+    """Any failure nobody planned for: a 500 with no detail for the client, and for the operator a
+    log line with the traceback and the sent_internal_errors_total counter (a 500 is a bug)."""
+    from litestar import Request, Response
+    from litestar.exceptions import HTTPException
+
+    def handle(request: Request, exc: Exception) -> Response:
+        service.metrics.internal_errors.inc()
+        if not isinstance(exc, HTTPException):  # a planned 500 (a failed forward pass) logged itself
+            log.error("internal error answering %s %s", request.method, request.url.path, exc_info=exc)
+        return Response(ErrorBody(500, "internal error" if not isinstance(exc, HTTPException)
+                                  else exc.detail), status_code=500)
+
+    return handle
 
 
 def _page_route(cfg: Config):
@@ -176,6 +196,7 @@ def create_app(cfg: Config, predictor: Predictor | None = None, model_uri: str |
                         _page_route(cfg), web.metrics_controller()],
         lifespan=[lifespan],
         middleware=[web.prometheus_middleware("sent_http")],
+        exception_handlers={500: _internal_error_handler(service)},
         openapi_config=OpenAPIConfig(
             title="sent", version=__version__, path="/schema",
             description="Sentiment classification of short reviews. POST /predict with "

@@ -50,6 +50,8 @@ class Metrics:
         self.rejected = Counter("sent_rejected_requests_total", "Requests refused, by reason",
                                 ["reason"])
         self.failures = Counter("sent_prediction_failures_total", "Forward passes that raised")
+        self.internal_errors = Counter("sent_internal_errors_total",
+                                       "Requests answered 500: a failure nobody planned for (a bug)")
         self.queued = Gauge("sent_queued_texts", "Texts waiting for a forward pass",
                             multiprocess_mode="livesum")
         self.model_info = Gauge("sent_model_info", "The model being served (value 1)",

@@ -236,6 +236,41 @@ def promote(
     raise typer.Exit(outcome.exit_code)
 
 
+SUBMIT_VERTEX_HELP = (
+    "Run `sent train` as a Vertex AI custom job (see docs/vertex.md).\n\n"
+    "The job comes from the vertex section: vertex.project (or GOOGLE_CLOUD_PROJECT), "
+    "vertex.region, vertex.staging_bucket or vertex.base_output_dir, vertex.image_uri, "
+    "vertex.machine_type, vertex.accelerator_type/accelerator_count, vertex.replica_count "
+    "(machines: pool 0 one chief, pool 1 the rest), vertex.scheduling (STANDARD, SPOT, FLEX_START), "
+    "vertex.service_account, vertex.network, vertex.labels, vertex.secrets. Inside, it runs "
+    "`sent train --launch auto --profile VERTEX.PROFILE` with every --set whose key is not vertex.* "
+    "(checked here against that profile).\n\n"
+    "Submitting uses Application Default Credentials, prints the job's resource name and console "
+    "link, and returns at once. Exit status: 0 submitted (with --wait: succeeded); 1 Vertex AI "
+    "refused or the job failed; 2 bad usage or a job Vertex AI cannot run."
+)
+
+
+@app.command("submit-vertex", help=SUBMIT_VERTEX_HELP)
+def submit_vertex(
+    profile: ProfileOpt = "cpu",
+    set_: SetOpt = None,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Print the job as JSON on stdout, validated offline as an aiplatform_v1 "
+                          "CustomJob (no credentials, no network); submit nothing.")] = False,
+    wait: Annotated[bool, typer.Option(
+        "--wait", help="Follow the job's state until it ends; exit 1 unless it succeeded.")] = False,
+) -> None:
+    """Run `sent train` as a Vertex AI custom job (see SUBMIT_VERTEX_HELP)."""
+    from sentiment_cli import vertex as step
+
+    if dry_run and wait:
+        fail("--wait does nothing with --dry-run", EXIT_USAGE)
+    cfg = load_config(profile, set_)
+    train_sets = [s for s in set_ or [] if not s.split("=", 1)[0].strip().startswith("vertex.")]
+    _run(lambda: step.run(cfg, train_sets=train_sets, dry_run=dry_run, wait=wait))
+
+
 def main() -> None:
     try:
         app()

@@ -142,15 +142,29 @@ class Drift:
 
 @dataclass
 class Vertex:
+    """`sent submit-vertex`: the custom job that runs `sent train` (see docs/vertex.md)."""
+
     project: str | None = MISSING
     region: str = MISSING
     staging_bucket: str | None = MISSING
+    base_output_dir: str | None = MISSING
     image_uri: str | None = MISSING
+    image_cuda: str = MISSING
     machine_type: str = MISSING
     accelerator_type: str | None = MISSING
     accelerator_count: int = MISSING
     replica_count: int = MISSING
     profile: str = MISSING
+    display_name: str = MISSING
+    scheduling: str = MISSING
+    restart_on_worker_restart: bool = MISSING
+    timeout_s: int = MISSING
+    max_wait_s: int | None = MISSING
+    service_account: str | None = MISSING
+    network: str | None = MISSING
+    labels: dict[str, str] = MISSING
+    tracking_uri: str | None = MISSING
+    secrets: dict[str, str] = MISSING
 
 
 @dataclass
@@ -291,6 +305,45 @@ def _validate(cfg: DictConfig) -> None:
         (0 <= cfg.serve.max_accuracy_drop <= 1, "serve.max_accuracy_drop must be in [0, 1]"),
         (all(v in VARIANTS[1:] for v in cfg.eval.compare),
          f"eval.compare takes variants among {VARIANTS[1:]}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+    _validate_vertex(cfg)
+
+
+VERTEX_SCHEDULING = ("STANDARD", "SPOT", "FLEX_START")
+VERTEX_IMAGE_CUDA = ("cu126", "cu128", "cu130")  # torch wheel flavours the training image can carry
+
+
+def _validate_vertex(cfg: DictConfig) -> None:
+    import re
+
+    label_key = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+    label_value = re.compile(r"^[a-z0-9_-]{0,63}$")
+    env_name = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+    secret_version = re.compile(r"^projects/[^/]+/secrets/[^/]+/versions/[^/]+$")
+    v = cfg.vertex
+    checks = [
+        (v.scheduling in VERTEX_SCHEDULING, f"vertex.scheduling must be one of {VERTEX_SCHEDULING}, "
+                                            f"not {v.scheduling!r}"),
+        (v.image_cuda in VERTEX_IMAGE_CUDA, f"vertex.image_cuda must be one of {VERTEX_IMAGE_CUDA}"),
+        (v.replica_count >= 1, f"vertex.replica_count must be at least 1, not {v.replica_count}"),
+        (v.accelerator_count >= 0, "vertex.accelerator_count must be >= 0"),
+        ((v.accelerator_type is None) == (v.accelerator_count == 0),
+         "vertex.accelerator_type and vertex.accelerator_count go together: a type needs a count >= 1, "
+         "no accelerator needs accelerator_type null and count 0"),
+        (v.timeout_s >= 1, "vertex.timeout_s must be positive"),
+        (v.max_wait_s is None or (v.scheduling == "FLEX_START" and v.max_wait_s >= 1),
+         "vertex.max_wait_s applies only with vertex.scheduling FLEX_START, and must be positive"),
+        (all(str(x).startswith("gs://") for x in (v.staging_bucket, v.base_output_dir) if x is not None),
+         "vertex.staging_bucket and vertex.base_output_dir must be gs:// URIs"),
+        (all(label_key.match(k) and label_value.match(str(val)) for k, val in v.labels.items()),
+         "vertex.labels: keys and values are lowercase letters, digits, '_' or '-' (keys start with a "
+         "letter), at most 63 characters"),
+        (all(env_name.match(k) and secret_version.match(str(val)) for k, val in v.secrets.items()),
+         "vertex.secrets maps ENV_NAME to projects/P/secrets/NAME/versions/V (a Secret Manager version, "
+         "never the value)"),
     ]
     for ok, message in checks:
         if not ok:

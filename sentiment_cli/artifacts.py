@@ -4,8 +4,10 @@ Layout under paths.metrics_dir:
 
     eval.json                         the latest evaluation (DVC's metric for the eval stage)
     reference.json                    the latest drift reference (DVC's output)
+    reference.npz                     its arrays: a held-out sample's probabilities, token
+                                      lengths, sentence embeddings (too big for JSON)
     by-weights/<sha256>/eval.json     the evaluation of these very weights
-    by-weights/<sha256>/reference.json  the drift reference of these very weights
+    by-weights/<sha256>/reference.json  the drift reference of these very weights (+ .npz)
 
 Readers (promote's scores, serve's accuracy gate, drift's reference) ask for "the measurement of
 these weights" and never parse the files themselves. One entry per weights means evaluating
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
 
 EVAL_FILE = "eval.json"
 REFERENCE_FILE = "reference.json"
+REFERENCE_ARRAYS = "reference.npz"
 BY_WEIGHTS = "by-weights"
 SCORE_KEYS = ("accuracy", "f1", "precision", "recall", "loss")
 
@@ -58,9 +61,53 @@ def write_eval(cfg: Config, result: dict[str, Any]) -> Path:
     return _write(cfg, EVAL_FILE, result)
 
 
-def write_reference(cfg: Config, reference: dict[str, Any]) -> Path:
-    """Record a drift reference (latest + keyed); returns metrics/reference.json."""
+def write_reference(cfg: Config, reference: dict[str, Any], arrays: dict[str, Any] | None = None) -> Path:
+    """Record a drift reference (latest + keyed); returns metrics/reference.json.
+
+    `arrays` (name → numpy array) go to reference.npz beside each JSON file, written first, with
+    the weights hash inside: a reader never pairs a JSON file with another model's arrays."""
+    if arrays is not None:
+        sha = reference.get("weights_sha256")
+        if not isinstance(sha, str):
+            raise ArtifactError(f"{REFERENCE_FILE} needs the weights_sha256 it was measured on")
+        for folder in (_keyed(cfg, sha, REFERENCE_FILE).parent, _dir(cfg)):
+            _write_npz(folder / REFERENCE_ARRAYS, {**arrays, "weights_sha256": sha})
     return _write(cfg, REFERENCE_FILE, reference)
+
+
+def _write_npz(path: Path, arrays: dict[str, Any]) -> None:
+    import os
+    import tempfile
+
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **{k: np.asarray(v) for k, v in arrays.items()})
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def reference_arrays(reference_path: Path, sha: str) -> dict[str, Any]:
+    """The arrays written beside a reference found by reference_for (empty when there are none:
+    a reference from an older sent); ArtifactError when they belong to other weights."""
+    import numpy as np
+
+    path = Path(reference_path).with_name(REFERENCE_ARRAYS)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"{path} is not readable ({exc.__class__.__name__}); run `sent eval` again") from None
+    if str(arrays.pop("weights_sha256", "")) != sha:
+        raise ArtifactError(f"{path} was written for other weights than {reference_path}: run `sent eval` again")
+    return arrays
 
 
 def _read(path: Path) -> dict[str, Any] | None:

@@ -271,6 +271,61 @@ def submit_vertex(
     _run(lambda: step.run(cfg, train_sets=train_sets, dry_run=dry_run, wait=wait))
 
 
+DRIFT_HELP = (
+    "Test recent traffic against the held-out reference `sent eval` made for the same weights.\n\n"
+    "Reads the prediction log (paths.prediction_log; a folder or an fsspec URL) or a CSV / TSV / "
+    "JSONL / Parquet table with data.text_column, and writes drift.json and drift.html. Every test "
+    "is Holm-corrected and must also reach its effect floor (drift.min_effect). "
+    "See docs/drift.md.\n\n"
+    "Exit status: 0 done (with --fail-on-drift: no drift); 4 drift found and 5 not enough data "
+    "(only with --fail-on-drift); 1 error; 2 bad usage."
+)
+
+
+@app.command(help=DRIFT_HELP)
+def drift(
+    profile: ProfileOpt = "cpu",
+    set_: SetOpt = None,
+    current: Annotated[str | None, typer.Option(
+        help="Prediction log folder or URL, or a CSV/TSV/JSONL/Parquet table of texts "
+             "(default paths.prediction_log).")] = None,
+    model: Annotated[str | None, typer.Option(
+        help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model or a model folder "
+             "(default serve.model).")] = None,
+    window: Annotated[int | None, typer.Option(
+        help="The most recent N records (default drift.window).")] = None,
+    since: Annotated[str | None, typer.Option(
+        help="Only records at or after this ISO 8601 time, UTC unless it says (default drift.since).")] = None,
+    until: Annotated[str | None, typer.Option(
+        help="Only records before this ISO 8601 time (default drift.until).")] = None,
+    output_dir: Annotated[Path | None, typer.Option(
+        "--output-dir", help="Where drift.json and drift.html go (default paths.reports_dir).")] = None,
+    fail_on_drift: Annotated[bool, typer.Option(
+        "--fail-on-drift", help="Exit 4 when drift is found, 5 when there is not enough data.")] = False,
+    serve_: Annotated[bool, typer.Option(
+        "--serve", help="Run the drift service: recompute every drift.interval_s, serve "
+                        "/drift.json, /drift.html, /metrics, /healthz, /readyz.")] = False,
+    host: Annotated[str | None, typer.Option(help="--serve: address to bind (default drift.host).")] = None,
+    port: Annotated[int | None, typer.Option(help="--serve: port (default drift.port).")] = None,
+) -> None:
+    """Check recent traffic for drift against the reference (see DRIFT_HELP)."""
+    from sentiment_cli import drift as step
+
+    if not serve_ and (host is not None or port is not None):
+        fail("--host and --port need --serve", EXIT_USAGE)
+    if serve_ and fail_on_drift:
+        fail("--fail-on-drift does nothing with --serve", EXIT_USAGE)
+    flags = {"window": window, "since": since, "until": until, "host": host, "port": port}
+    cfg = load_config(profile, set_, {f"drift.{k}": v for k, v in flags.items()})
+    if serve_:
+        from sentiment_cli.drift import service
+
+        _run(lambda: service.run(cfg, current=current, model_uri=model, output_dir=output_dir))
+        return
+    outcome = _run(lambda: step.run(cfg, current=current, model_uri=model, output_dir=output_dir))
+    raise typer.Exit(outcome.exit_code(fail_on_drift))
+
+
 def main() -> None:
     try:
         app()

@@ -134,10 +134,36 @@ class Serve:
 
 
 @dataclass
+class DriftEffects:
+    """The smallest effect per test that counts as drift (with significance): big windows make
+    trivial shifts significant, and these floors keep them from alarming."""
+
+    labels: float = MISSING
+    confidence: float = MISSING
+    positive_probability: float = MISSING
+    length_chars: float = MISSING
+    length_tokens: float = MISSING
+    oov: float = MISSING
+    words: float = MISSING
+    embeddings: float = MISSING
+
+
+@dataclass
 class Drift:
     window: int = MISSING
-    p_threshold: float = MISSING
-    psi_threshold: float = MISSING
+    min_window: int = MISSING
+    since: str | None = MISSING
+    until: str | None = MISSING
+    alpha: float = MISSING
+    permutations: int = MISSING
+    reference_sample: int = MISSING
+    embedding_sample: int = MISSING
+    permutation_sample: int = MISSING
+    embeddings: bool = MISSING
+    min_effect: DriftEffects = field(default_factory=DriftEffects)
+    interval_s: float = MISSING
+    host: str = MISSING
+    port: int = MISSING
 
 
 @dataclass
@@ -309,6 +335,7 @@ def _validate(cfg: DictConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    _validate_drift(cfg)
     _validate_vertex(cfg)
 
 
@@ -344,6 +371,25 @@ def _validate_vertex(cfg: DictConfig) -> None:
         (all(env_name.match(k) and secret_version.match(str(val)) for k, val in v.secrets.items()),
          "vertex.secrets maps ENV_NAME to projects/P/secrets/NAME/versions/V (a Secret Manager version, "
          "never the value)"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+def _validate_drift(cfg: DictConfig) -> None:
+    d = cfg.drift
+    checks = [
+        (d.window >= 1, f"drift.window must be at least 1, not {d.window}"),
+        (2 <= d.min_window <= 50, f"drift.min_window must be in 2..50, not {d.min_window}"),
+        (0 < d.alpha < 1, f"drift.alpha must be in (0, 1), not {d.alpha}"),
+        (d.permutations >= 99, f"drift.permutations must be at least 99, not {d.permutations}"),
+        (d.reference_sample >= 50, "drift.reference_sample must be at least 50"),
+        (d.embedding_sample >= 10, "drift.embedding_sample must be at least 10"),
+        (d.permutation_sample >= 50, "drift.permutation_sample must be at least 50"),
+        (all(float(v) >= 0 for v in d.min_effect.values()), "drift.min_effect values must be >= 0"),
+        (d.interval_s > 0, "drift.interval_s must be positive"),
+        (0 <= d.port <= 65535, f"drift.port must be in 0..65535, not {d.port}"),
     ]
     for ok, message in checks:
         if not ok:

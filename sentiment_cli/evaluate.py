@@ -4,7 +4,9 @@ Reads: a model folder (paths.model_dir by default), paths.data_dir/<split>.parqu
 Writes: metrics/eval.json (accuracy, f1, precision, recall, loss, n, confusion matrix, and for
 each variant in eval.compare its accuracy and agreement with fp32: what `sent serve` checks
 before it serves a faster variant),
-metrics/reference.json (what drift compares live traffic with), reports/confusion_matrix.png,
+metrics/reference.json + reference.npz (what drift compares live traffic with: held-out predictions,
+text statistics, a bounded sample with its sentence embeddings, the training vocabulary),
+reports/confusion_matrix.png,
 reports/confusion_matrix.csv (actual,predicted per row, for `dvc plots`), reports/misclassified.csv;
 logs all of it to the model's MLflow run.
 """
@@ -18,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sentiment_cli import artifacts, data, metrics, model, registry
+from sentiment_cli import artifacts, data, metrics, model, registry, textstats
 from sentiment_cli.model import ModelError
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,36 @@ def reference_stats(texts: list[str], probs: np.ndarray, labels: list[str], toke
         # the raw samples: two-sample tests (KS) need them, and they are small
         "samples": {"confidence": [round(float(c), 6) for c in conf], "length_chars": chars.tolist()},
     }
+
+
+def write_drift_reference(cfg, predictor, texts: list[str], probs: np.ndarray, token_lengths: np.ndarray,
+                          split: str, sha: str, folder: Path) -> Path:
+    """The drift reference of these weights: summaries of the whole held-out split, plus a bounded,
+    seeded sample of its texts with the model's probabilities, token lengths and sentence
+    embeddings (the current window is tested against that sample), and the training vocabulary.
+
+    Confidence and labels come from held-out predictions only (a model is over-confident on its
+    own training data); only the vocabulary is read from the training split."""
+    summary = reference_stats(texts, probs, predictor.labels, [int(x) for x in token_lengths])
+    rng = np.random.default_rng(cfg.seed)
+    n = min(len(texts), cfg.drift.reference_sample)
+    idx = np.sort(rng.choice(len(texts), size=n, replace=False))
+    sample_texts = [texts[i] for i in idx]
+    train_texts = data.load_splits(cfg.paths.data_dir, ("train",))["train"]["text"].tolist()
+    vocab = textstats.vocabulary(train_texts)
+    arrays = {"probabilities": probs[idx].astype(np.float32),
+              "length_tokens": np.asarray(token_lengths, dtype=np.float32)[idx]}
+    if cfg.drift.embeddings:
+        arrays["embeddings"] = predictor.embed(sample_texts).astype(np.float32)
+    reference = {
+        **summary,
+        "split": split,
+        "weights_sha256": sha,
+        "model_dir": str(folder),
+        "sample": {"n": n, "seed": cfg.seed, "texts": sample_texts},
+        "vocabulary": {"source": "train", "size": len(vocab), "words": vocab},
+    }
+    return artifacts.write_reference(cfg, reference, arrays=arrays)
 
 
 def compare_variant(cfg, folder: Path, name: str, texts: list[str], gold: np.ndarray,
@@ -140,10 +172,8 @@ def run(cfg, model_dir: Path | None = None, split: str = "test") -> Path:
             result["variants"][name] = {"error": str(exc)}
     reports = Path(cfg.paths.reports_dir)
     out = artifacts.write_eval(cfg, result)
-    token_lengths = [len(ids) for ids in predictor.tokenizer(texts, truncation=True,
-                                                            max_length=predictor.max_length)["input_ids"]]
-    reference = artifacts.write_reference(
-        cfg, {**reference_stats(texts, probs, labels, token_lengths), "split": split, "weights_sha256": sha})
+    token_lengths = textstats.token_lengths(predictor.tokenizer, texts, predictor.max_length)
+    reference = write_drift_reference(cfg, predictor, texts, probs, token_lengths, split, sha, folder)
     reports.mkdir(parents=True, exist_ok=True)
     pd.DataFrame({"actual": [labels[i] for i in gold], "predicted": [labels[i] for i in pred]}).to_csv(
         reports / "confusion_matrix.csv", index=False)

@@ -334,6 +334,32 @@ class Predictor:
             self._args = set(inspect.signature(self.model.forward).parameters)
         return self._args
 
+    def embed(self, texts: Sequence[str]):
+        """Sentence embeddings: the last hidden layer mean-pooled over each text's tokens, an
+        (n, hidden) float32 numpy array in input order (what drift's multivariate test compares)."""
+        import numpy as np
+
+        torch = self._torch
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out = None
+        for s in range(0, len(order), self.batch_size):
+            idx = order[s:s + self.batch_size]
+            with torch.inference_mode():
+                enc = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
+                                     max_length=self.max_length, return_tensors="pt")
+                enc = {k: v.to(self.device) for k, v in enc.items() if k != "token_type_ids"
+                       or "token_type_ids" in self._forward_args}
+                hidden = self.model(**enc, output_hidden_states=True).hidden_states[-1].float()
+                mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = ((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).cpu().numpy()
+            if out is None:
+                out = np.zeros((len(texts), pooled.shape[1]), dtype=np.float32)
+            out[idx] = pooled
+        if out is None:
+            hidden_size = int(getattr(self.model.config, "hidden_size", 0))
+            out = np.zeros((0, hidden_size), dtype=np.float32)
+        return out
+
     def predict(self, texts: Sequence[str], parallel: bool = True) -> list[Prediction]:
         probs = self.predict_proba(texts, parallel)
         results = []

@@ -23,6 +23,7 @@ import secrets
 import threading
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -263,50 +264,104 @@ def list_files(location: str | os.PathLike) -> list[str]:
     return [fs.unstrip_protocol(p) for p in sorted(names, key=lambda p: p.rsplit("/", 1)[-1])]
 
 
-def _read_lines(path: str) -> Iterator[dict[str, Any]]:
-    import fsspec
+def _decode_lines(data: bytes) -> tuple[list[dict[str, Any]], int]:
+    """(records, corrupt lines): a line a crashed writer left half-written, or that is not an
+    object, is counted and skipped, never fatal."""
+    import msgspec
 
-    with fsspec.open(path, "rb") as fh:
-        data = fh.read()
+    decode = msgspec.json.Decoder().decode
+    records: list[dict[str, Any]] = []
+    corrupt = 0
     for line in data.splitlines():
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
-        except ValueError:
-            continue  # a line a crashed writer left half-written
+            record = decode(line)
+        except msgspec.DecodeError:
+            corrupt += 1
+            continue
         if isinstance(record, dict):
-            yield record
+            records.append(record)
+        else:
+            corrupt += 1
+    return records, corrupt
+
+
+def _read_file(path: str) -> tuple[list[dict[str, Any]], int]:
+    import fsspec
+
+    with fsspec.open(path, "rb") as fh:
+        return _decode_lines(fh.read())
+
+
+def _read_lines(path: str) -> Iterator[dict[str, Any]]:
+    yield from _read_file(path)[0]
+
+
+def parse_time(value: str | datetime) -> str:
+    """A time as the log writes it (ISO 8601 UTC, microseconds), so strings compare as times.
+    A time without a zone is UTC; ValueError for something that is not a time."""
+    when = value if isinstance(value, datetime) else datetime.fromisoformat(str(value).strip())
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+@dataclass
+class LogRead:
+    """What read_window found: the records (oldest first) and what it skipped."""
+
+    records: list[dict[str, Any]]
+    files: int = 0
+    corrupt_lines: int = 0
+    out_of_range: int = 0  # records outside since/until
+
+
+def read_window(location: str | os.PathLike, limit: int | None = None, since: str | None = None,
+                until: str | None = None) -> LogRead:
+    """The most recent `limit` records with since <= timestamp < until (times as parse_time
+    gives them), oldest first, merged across writers by timestamp; corrupt lines are counted.
+
+    Each writer's files are read newest first and no further back than needed: one writer's
+    files never overlap in time, so its newest files hold its newest records.
+    """
+    files = list_files(location)
+    out = LogRead(records=[], files=len(files))
+    if limit is not None and limit <= 0:
+        return out
+    by_writer: dict[str, list[str]] = {}
+    for path in files:
+        by_writer.setdefault(_writer_of(path.rsplit("/", 1)[-1]), []).append(path)
+
+    def keep(r: dict[str, Any]) -> bool:
+        t = str(r.get("timestamp", ""))
+        return (since is None or t >= since) and (until is None or t < until)
+
+    for paths in by_writer.values():
+        taken: list[list[dict[str, Any]]] = []
+        count = 0
+        for path in reversed(paths):
+            chunk, bad = _read_file(path)
+            out.corrupt_lines += bad
+            if since is not None or until is not None:
+                kept = [r for r in chunk if keep(r)]
+                out.out_of_range += len(chunk) - len(kept)
+                chunk = kept
+            taken.append(chunk)
+            count += len(chunk)
+            if limit is not None and count >= limit:
+                break
+        for chunk in reversed(taken):
+            out.records.extend(chunk)
+    out.records.sort(key=lambda r: str(r.get("timestamp", "")))  # stable: ties keep file order
+    if limit is not None:
+        out.records = out.records[-limit:]
+    return out
 
 
 def read_predictions(location: str | os.PathLike, limit: int | None = None) -> list[dict[str, Any]]:
     """The logged records, oldest first; with `limit`, only the most recent `limit` of them.
 
-    Records of several writers are merged by timestamp. With a limit, each writer's files are
-    read newest first and no further back than needed.
+    Records of several writers are merged by timestamp (see read_window).
     """
-    files = list_files(location)
-    if limit is not None and limit <= 0:
-        return []
-    by_writer: dict[str, list[str]] = {}
-    for path in files:
-        by_writer.setdefault(_writer_of(path.rsplit("/", 1)[-1]), []).append(path)
-    records: list[dict[str, Any]] = []
-    for paths in by_writer.values():
-        if limit is None:
-            for path in paths:
-                records.extend(_read_lines(path))
-            continue
-        # One writer's files never overlap in time, so its newest files hold its newest records.
-        taken: list[list[dict[str, Any]]] = []
-        count = 0
-        for path in reversed(paths):
-            chunk = list(_read_lines(path))
-            taken.append(chunk)
-            count += len(chunk)
-            if count >= limit:
-                break
-        for chunk in reversed(taken):
-            records.extend(chunk)
-    records.sort(key=lambda r: str(r.get("timestamp", "")))  # stable: ties keep file order
-    return records if limit is None else records[-limit:]
+    return read_window(location, limit).records

@@ -1,0 +1,74 @@
+"""Features of texts that `sent eval` (the drift reference) and `sent drift` (the current window)
+compute the same way: one definition, so a reference and a window are always comparable.
+
+- words(): lower-cased word tokens by one regular expression (no nltk, nothing downloaded).
+- vocabulary(): the most frequent words of a corpus (the training split), for out-of-vocabulary shares.
+- oov_share(): per text, the share of its words missing from that vocabulary.
+- bag_of_words(): a sparse texts × words count matrix over a fixed word index (+ one "other" column).
+- token_lengths(): tokens per text under the model's own tokenizer (truncated as the model sees it).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?")
+MAX_VOCABULARY = 30000  # words kept from the training split: RT's whole train vocabulary is ~18k
+
+
+def words(text: str) -> list[str]:
+    """Word tokens, lower-cased: letters and digits, with one inner apostrophe (don't, it's)."""
+    return WORD.findall(text.lower())
+
+
+def char_lengths(texts: Sequence[str]) -> np.ndarray:
+    return np.fromiter((len(t) for t in texts), dtype=np.float64, count=len(texts))
+
+
+def word_counts(texts: Iterable[str]) -> Counter:
+    counts: Counter = Counter()
+    for t in texts:
+        counts.update(words(t))
+    return counts
+
+
+def vocabulary(texts: Iterable[str], max_size: int = MAX_VOCABULARY) -> list[str]:
+    """The max_size most frequent words, most frequent first (ties alphabetical: deterministic)."""
+    counts = word_counts(texts)
+    return [w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:max_size]]
+
+
+def oov_share(texts: Sequence[str], vocab: set[str] | frozenset[str]) -> np.ndarray:
+    """Per text, the share of its words not in vocab (0 for a text without words)."""
+    out = np.zeros(len(texts), dtype=np.float64)
+    for i, t in enumerate(texts):
+        ws = words(t)
+        if ws:
+            out[i] = sum(w not in vocab for w in ws) / len(ws)
+    return out
+
+
+def bag_of_words(texts: Sequence[str], index: dict[str, int]):
+    """A scipy.sparse CSR matrix (texts × (len(index) + 1)); the last column counts other words."""
+    from scipy import sparse
+
+    other = len(index)
+    rows, cols = [], []
+    for i, t in enumerate(texts):
+        for w in words(t):
+            rows.append(i)
+            cols.append(index.get(w, other))
+    data = np.ones(len(rows), dtype=np.float64)
+    return sparse.csr_matrix((data, (rows, cols)), shape=(len(texts), other + 1))
+
+
+def token_lengths(tokenizer, texts: Sequence[str], max_length: int) -> np.ndarray:
+    """Tokens per text as the model sees it (special tokens included, truncated at max_length)."""
+    if not len(texts):
+        return np.zeros(0, dtype=np.float64)
+    ids = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+    return np.array([len(x) for x in ids], dtype=np.float64)

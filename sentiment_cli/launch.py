@@ -133,7 +133,9 @@ def plan(env: Mapping[str, str], gpus: int, train_args: Sequence[str],
             "--num_machines", str(machines),
             "--mixed_precision", "no",  # the Accelerator takes train.mixed_precision itself
             "--dynamo_backend", "no"]
-    if cluster:
+    if not cluster:  # one machine: any free port, so that two launches on one host never collide
+        argv += ["--main_process_port", "0"]
+    else:
         argv += ["--machine_rank", str(cluster.machine_rank),
                  "--main_process_ip", cluster.main_ip,
                  "--main_process_port", str(cluster.main_port),

@@ -197,9 +197,10 @@ def validate(accelerator, net, loader, labels: list[str]) -> dict[str, float]:
             golds.append(g.cpu())
             losses.append(lo.float().cpu())
     net.train()
-    scores = metrics.classification(torch.cat(golds).tolist(), torch.cat(preds).tolist(), labels)
+    golds = torch.cat(golds)
+    scores = metrics.classification(golds.tolist(), torch.cat(preds).tolist(), labels)
     return {"val_loss": float(torch.cat(losses).mean()), "val_accuracy": scores["accuracy"],
-            "val_f1": scores["f1"]}
+            "val_f1": scores["f1"], "val_samples": len(golds)}  # all of the split, whatever the processes
 
 
 class Progress:
@@ -304,7 +305,9 @@ def run(cfg, resume: bool | str = False) -> Path:
     if use_graphs:
         net.to(accelerator.device)  # the optimizer's state and lr tensors live beside the weights
     optimizer = _optimizer(net, cfg, fused=accelerator.device.type == "cuda", capturable=use_graphs)
-    scheduler = _scheduler(optimizer, cfg, total_steps)
+    # the prepared scheduler steps once per process at each optimizer step (Accelerate's convention
+    # for a schedule sized on the whole data): size it that way, or it would end halfway
+    scheduler = _scheduler(optimizer, cfg, total_steps * accelerator.num_processes)
     if use_graphs:  # float base rates: each step fills the lr tensor without reading the GPU back
         scheduler.base_lrs = [float(t.lr) for _ in scheduler.base_lrs]
     net, optimizer, train_dl, val_dl, scheduler = accelerator.prepare(net, optimizer, train_dl, val_dl, scheduler)

@@ -85,7 +85,7 @@ def test_local_gpus_become_processes():
     argv = launch.plan({}, gpus=4, train_args=["--profile", "gpu", "--set", "train.lr=1e-4"])
     assert argv[:3] == [sys.executable, "-m", "accelerate.commands.launch"]
     assert "--multi_gpu" in argv and _after(argv, "--num_processes") == "4" and _after(argv, "--num_machines") == "1"
-    assert "--machine_rank" not in argv
+    assert "--machine_rank" not in argv and _after(argv, "--main_process_port") == "0"  # any free port
     assert argv[argv.index("-m", 3):] == ["-m", "sentiment_cli.cli", "train", "--profile", "gpu",
                                           "--set", "train.lr=1e-4"]
 

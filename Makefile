@@ -29,13 +29,15 @@ $(VENV)/.installed: pyproject.toml requirements/lock.txt
 install: $(VENV)/.installed
 
 # The main job: the whole lifecycle offline on the tiny profile (embedded data, a model built
-# from configuration, a local SQLite MLflow store), ending with a served prediction.
+# from configuration, a local SQLite MLflow store), ending with a served prediction and a drift
+# report on the demo's own prediction log (two records: "not enough data", said plainly, exit 0).
 demo: install
 	$(BIN)/sent fetch --profile tiny
 	$(BIN)/sent train --profile tiny
 	$(BIN)/sent eval --profile tiny
 	$(BIN)/sent promote --profile tiny || test $$? -eq 3
 	$(BIN)/python -m sentiment_cli.demo_check --profile tiny --port $(PORT)
+	$(BIN)/sent drift --profile tiny
 
 # Offline, CPU, minutes. Slow tests (a few minutes more) run with `make test-slow`.
 test: install

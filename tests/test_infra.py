@@ -640,6 +640,112 @@ def test_workflow_sent_commands_are_real(workflows: dict[str, dict]) -> None:
         pytest.skip(f"not implemented yet: {', '.join(pending)}")
 
 
+# ------------------------------------------------------------------------------------ training image, Vertex
+
+TRAIN_DOCKERFILE = ROOT / "containers" / "train.Dockerfile"
+# What the train image runs: `sent train` and, with --entrypoint sent, eval and fetch.
+TRAIN_IMAGE_STEPS = {"train", "evaluate", "fetch", "launch"}
+
+
+def _imports_of(path: Path) -> set[str]:
+    """Dotted names a file imports, at top level or inside functions (`from a import b` gives a.b)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+    return names
+
+
+def _third_party_imports_reached(start: set[str]) -> set[str]:
+    """Top-level third-party names imported by the start modules and every package module they reach."""
+    todo, seen, third = [f"{PACKAGE}.{m}" for m in start], set(), set()
+    while todo:
+        mod = todo.pop()
+        base = ROOT.joinpath(*mod.split("."))
+        path = base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
+        if mod in seen or not path.is_file():
+            continue
+        seen.add(mod)
+        for name in _imports_of(path):
+            if name.split(".")[0] == PACKAGE:
+                todo.append(name)
+            else:
+                third.add(name.split(".")[0])
+    return third
+
+
+def test_train_image_leaves_out_only_what_training_does_not_import() -> None:
+    """SERVE_ONLY names package dependencies that nothing the training image runs imports."""
+    import tomllib
+
+    args = dict(a.split("=", 1) for op, a in _instructions(TRAIN_DOCKERFILE) if op == "ARG" and "=" in a)
+    serve_only = set(args["SERVE_ONLY"].strip('"').split())
+    deps = {re.split(r"[<>=!~\[; ]", d, maxsplit=1)[0]
+            for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]}
+    assert serve_only and serve_only <= deps, f"SERVE_ONLY names what is not a dependency: {serve_only - deps}"
+    imported = _third_party_imports_reached(TRAIN_IMAGE_STEPS)
+    assert {"torch", "accelerate", "mlflow"} <= imported  # the walk does reach the training code
+    left_out = {name.replace("-", "_") for name in serve_only}
+    assert not imported & left_out, f"the training image needs {sorted(imported & left_out)}"
+    assert "optional-dependencies']['gcs']" in TRAIN_DOCKERFILE.read_text()  # gs:// paths, google-auth for secrets
+
+
+def test_train_image_says_which_cuda_it_carries_and_launches_itself() -> None:
+    from sentiment_cli import vertex
+
+    text = TRAIN_DOCKERFILE.read_text()
+    defaults = re.findall(r"^ARG TORCH_CUDA=(\S+)$", text, flags=re.MULTILINE)
+    final_stage = text.rsplit("\nFROM ", 1)[1]
+    assert len(defaults) == 2 and len(set(defaults)) == 1, "both stages declare the same TORCH_CUDA default"
+    assert re.search(r"^ARG TORCH_CUDA=", final_stage, flags=re.MULTILINE)
+    assert 'io.sent.torch-cuda="${TORCH_CUDA}"' in final_stage
+    # the image's default build is the one submit-vertex assumes, and one it knows the GPUs of
+    assert defaults[0] == config.load(root=ROOT).vertex.image_cuda
+    assert defaults[0] in vertex.MIN_CAPABILITY and set(vertex.MIN_CAPABILITY) == set(config.VERTEX_IMAGE_CUDA)
+    entry = next(json.loads(a) for op, a in _instructions(TRAIN_DOCKERFILE) if op == "ENTRYPOINT")
+    assert entry == ["sent", "train", "--launch", "auto"]  # 1 or more GPUs, 1 or more replicas
+
+
+def test_vertex_workflow_submits_in_its_own_region_as_its_own_account(workflows: dict[str, dict]) -> None:
+    job = workflows["train-vertex.yml"]["jobs"]["submit"]
+    env = job["env"]
+    assert "vars.VERTEX_REGION" in env["REGION"], "a Vertex region of its own, not the registry location"
+    assert "vars.VERTEX_SERVICE_ACCOUNT" in env["JOB_SERVICE_ACCOUNT"]
+    script = "\n".join(step.get("run", "") for step in job["steps"])
+    assert '--set "vertex.region=${REGION}"' in script
+    assert '--set "vertex.service_account=${JOB_SERVICE_ACCOUNT}"' in script
+    assert "sent submit-vertex --dry-run" in script  # the job in the log before it is submitted
+
+
+def _workflow_install(workflows: dict[str, dict]) -> list[str]:
+    job = workflows["train-vertex.yml"]["jobs"]["submit"]
+    install = next(s["run"] for s in job["steps"] if "pip install" in s.get("run", ""))
+    return [line.strip() for line in install.splitlines() if line.strip()]
+
+
+def test_vertex_workflow_installs_no_torch_and_enough_to_submit(workflows: dict[str, dict], tmp_path) -> None:
+    lines = _workflow_install(workflows)
+    assert lines[0] == "python -m pip install --no-deps ."
+    packages = shlex.split(lines[1])[lines[1].split().index("requirements/lock.txt") + 1:]
+    assert "PIP_EXTRA_INDEX_URL" not in workflows["train-vertex.yml"]["jobs"]["submit"]["env"]
+    assert not any(p.startswith(("torch", "transformers", "mlflow")) for p in packages)
+    # with only those packages (and what they bring), `sent submit-vertex --dry-run` works: the
+    # heavy dependencies it must not need are made unimportable
+    absent = ["torch", "transformers", "accelerate", "mlflow", "datasets", "onnx", "onnxruntime", "litestar",
+              "tokenizers", "safetensors", "matplotlib", "scipy", "filelock", "fsspec", "uvicorn"]
+    code = ("import sys\n"
+            f"for name in {absent!r}: sys.modules[name] = None\n"
+            "from sentiment_cli.cli import main\n"
+            "sys.argv = ['sent', 'submit-vertex', '--profile', 'vertex', '--set', 'vertex.staging_bucket=gs://b',"
+            " '--set', 'vertex.image_uri=img:1', '--set', 'train.lr=1e-4', '--dry-run']\n"
+            "main()\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["job_spec"]["worker_pool_specs"][0]["container_spec"]["image_uri"] == "img:1"
+
+
 # ------------------------------------------------------------------------------------ end to end
 
 

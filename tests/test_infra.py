@@ -504,11 +504,6 @@ def test_workflows_parse_and_have_triggers(workflows: dict[str, dict]) -> None:
         assert "permissions" in wf, f"{name}: set least-privilege permissions explicitly"
 
 
-# Workflows that still pin releases (@vX.Y.Z) instead of commit SHAs, until their owner moves
-# them; .github/zizmor.yml carries the same exception for zizmor's unpinned-uses audit.
-RELEASE_PINNED_WORKFLOWS = {"train-vertex.yml"}
-
-
 def test_actions_are_pinned(workflows: dict[str, dict]) -> None:
     """A tag can be moved to other code; a commit SHA cannot. The `# vX.Y.Z` comment beside the
     SHA is what Dependabot reads and updates, and what a reader checks the SHA against."""
@@ -516,8 +511,6 @@ def test_actions_are_pinned(workflows: dict[str, dict]) -> None:
         lines = (ROOT / ".github" / "workflows" / name).read_text().splitlines()
         for step in _steps(wf):
             if "uses" not in step:
-                continue
-            if name in RELEASE_PINNED_WORKFLOWS and re.search(r"@v\d+\.\d+\.\d+$", step["uses"]):
                 continue
             assert re.search(r"@[0-9a-f]{40}$", step["uses"]), (
                 f"{name}: pin {step['uses']} to a full commit SHA, with `# vX.Y.Z` after it"

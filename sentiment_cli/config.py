@@ -131,6 +131,9 @@ class Serve:
     threads: int = MISSING
     log_rotate_bytes: int = MISSING
     verify_hash: bool = MISSING
+    max_queued_texts: int = MISSING
+    shutdown_budget_s: float = MISSING
+    log_failure_unready_s: float = MISSING
 
 
 @dataclass
@@ -326,6 +329,10 @@ def _validate(cfg: DictConfig) -> None:
         (cfg.serve.runtime in RUNTIMES, f"serve.runtime must be one of {RUNTIMES}, not {cfg.serve.runtime!r}"),
         (0 <= cfg.serve.port <= 65535, f"serve.port must be in 0..65535, not {cfg.serve.port}"),
         (cfg.serve.workers >= 1, f"serve.workers must be at least 1, not {cfg.serve.workers}"),
+        (cfg.serve.max_queued_texts >= cfg.serve.max_texts,
+         "serve.max_queued_texts must be at least serve.max_texts (one full request must fit)"),
+        (0 < cfg.serve.shutdown_budget_s <= 3600, "serve.shutdown_budget_s must be in (0, 3600] seconds"),
+        (cfg.serve.log_failure_unready_s >= 0, "serve.log_failure_unready_s must be >= 0 (0 = never)"),
         (cfg.serve.max_wait_ms >= 0 and cfg.serve.max_text_chars >= 1 and cfg.serve.max_body_bytes >= 1,
          "serve.max_wait_ms must be >= 0 and the size limits >= 1"),
         (0 <= cfg.serve.max_accuracy_drop <= 1, "serve.max_accuracy_drop must be in [0, 1]"),

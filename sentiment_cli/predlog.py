@@ -15,6 +15,7 @@ or network. `close()` drains the queue, so a server that shuts down cleanly lose
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -22,7 +23,7 @@ import queue
 import secrets
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -76,16 +77,25 @@ class PredictionLog:
     """
 
     def __init__(self, location: str | os.PathLike, *, rotate_bytes: int = 10 * 1024 * 1024,
-                 flush_seconds: float = 30.0, max_queue: int = 100_000) -> None:
+                 flush_seconds: float = 30.0, max_queue: int = 100_000,
+                 on_outcome: Callable[[str, int], None] | None = None) -> None:
         self.location = str(location)
         self.rotate_bytes = max(1, int(rotate_bytes))
         self.flush_seconds = flush_seconds
         self.local = _is_local(self.location)
         # pid keeps workers of one machine apart, the random part keeps machines apart.
         self.writer_id = f"{os.getpid()}{secrets.token_hex(3)}"
-        self.errors = 0
-        self.dropped = 0
+        # Every record given to write() ends in exactly one of: written, dropped (the queue was
+        # full), failed (the sink refused it); until then it is unwritten. on_outcome(outcome, n)
+        # is told each time (serve turns it into metrics).
+        self.accepted = 0
         self.written = 0
+        self.dropped = 0
+        self.failed = 0
+        self.errors = 0  # failed write attempts
+        self.failing_since: float | None = None  # time.monotonic() of the first failure in a row
+        self._on_outcome = on_outcome
+        self._buffer_records = 0
         self._seq = 0
         self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
         self._closed = False
@@ -94,8 +104,6 @@ class PredictionLog:
         self._buffer: list[bytes] = []  # object stores: lines not yet written
         self._buffer_bytes = 0
         self._buffer_since = 0.0
-        if self.local:
-            _local_path(self.location).mkdir(parents=True, exist_ok=True)
         self._thread = threading.Thread(target=self._loop, name="prediction-log", daemon=True)
         self._thread.start()
 
@@ -107,13 +115,36 @@ class PredictionLog:
         batch = list(records)
         if not batch:
             return
+        self.accepted += len(batch)
         try:
             self._queue.put_nowait(batch)
         except queue.Full:
             # The sink cannot keep up; serving matters more than logging.
-            self.dropped += len(batch)
-            if self.dropped == len(batch):
+            first = self.dropped == 0
+            self._outcome("dropped", len(batch))
+            if first:
                 log.error("prediction log queue is full; dropping records (sink too slow?)")
+
+    @property
+    def unwritten(self) -> int:
+        """Records accepted that are neither written nor counted lost yet (queued or buffered)."""
+        return self.accepted - self.written - self.dropped - self.failed
+
+    def _outcome(self, outcome: str, n: int) -> None:
+        if n <= 0:
+            return
+        setattr(self, outcome, getattr(self, outcome) + n)
+        if outcome == "written":
+            self.failing_since = None
+        elif outcome == "failed" and self.failing_since is None:
+            self.failing_since = time.monotonic()
+        if self._on_outcome is not None:
+            self._on_outcome(outcome, n)
+
+    def _failed(self, n: int, what: str, exc: BaseException) -> None:
+        self.errors += 1
+        self._outcome("failed", n)
+        log.error("prediction log: cannot %s (%d records lost) at %s: %s", what, n, self.location, exc)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything written before this call is on the sink; False on timeout."""
@@ -174,32 +205,48 @@ class PredictionLog:
         return max(0.0, self._buffer_since + self.flush_seconds - time.monotonic())
 
     def _append(self, batch: list[dict[str, Any]]) -> None:
-        lines = [(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
-                 for r in batch]
         try:
-            if self.local:
-                self._append_local(lines)
+            lines = [(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+                     for r in batch]
+        except (TypeError, ValueError) as exc:  # a record that is not JSON must not stop the writer
+            self._failed(len(batch), "encode", exc)
+            return
+        if self.local:
+            try:
+                self._append_local(b"".join(lines))
+            except Exception as exc:  # a full disk must not take the server down
+                self._failed(len(batch), "write", exc)
             else:
-                if not self._buffer:
-                    self._buffer_since = time.monotonic()
-                self._buffer.extend(lines)
-                self._buffer_bytes += sum(map(len, lines))
-                if self._buffer_bytes >= self.rotate_bytes:
-                    self._write_object()
-            self.written += len(batch)
-        except Exception as exc:  # a full disk must not take the server down
-            self.errors += 1
-            log.error("prediction log: cannot write %d records to %s: %s",
-                      len(batch), self.location, exc)
+                self._outcome("written", len(batch))
+            return
+        if not self._buffer:
+            self._buffer_since = time.monotonic()
+        self._buffer.extend(lines)
+        self._buffer_bytes += sum(map(len, lines))
+        self._buffer_records += len(batch)
+        if self._buffer_bytes >= self.rotate_bytes:
+            self._write_object()
 
-    def _append_local(self, lines: list[bytes]) -> None:
+    def _append_local(self, data: bytes) -> None:
+        """Append whole lines or nothing: a write that fails half-way (a full disk) is cut back,
+        so the file never ends in a torn line."""
         if self._file is None:
+            folder = _local_path(self.location)
+            folder.mkdir(parents=True, exist_ok=True)  # here, not at start: a failure is counted
             self._seq += 1
-            path = _local_path(self.location) / _file_name(self.writer_id, self._seq)
-            self._file = path.open("ab")
+            path = folder / _file_name(self.writer_id, self._seq)
+            self._file = path.open("ab", buffering=0)  # unbuffered: each write reaches the OS
             self._file_bytes = 0
-        data = b"".join(lines)
-        self._file.write(data)
+        start = self._file.tell()
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[self._file.write(view):]
+        except BaseException:
+            with contextlib.suppress(OSError):
+                self._file.truncate(start)
+            self._close_file()  # a fresh file next time, in case this one is the problem
+            raise
         self._file_bytes += len(data)
         if self._file_bytes >= self.rotate_bytes:
             self._close_file()
@@ -214,27 +261,25 @@ class PredictionLog:
             self._file = None
 
     def _sync(self, force: bool) -> None:
-        try:
-            if self.local:
-                if self._file is not None:
-                    self._file.flush()
-            elif self._buffer and (
-                force or time.monotonic() - self._buffer_since >= self.flush_seconds
-            ):
-                self._write_object()
-        except Exception as exc:
-            self.errors += 1
-            log.error("prediction log: cannot flush to %s: %s", self.location, exc)
+        # Local appends are unbuffered; object stores write the buffer as one new object.
+        if not self.local and self._buffer and (
+                force or time.monotonic() - self._buffer_since >= self.flush_seconds):
+            self._write_object()
 
     def _write_object(self) -> None:
         import fsspec
 
         self._seq += 1
         url = f"{self.location.rstrip('/')}/{_file_name(self.writer_id, self._seq)}"
-        data = b"".join(self._buffer)
-        self._buffer, self._buffer_bytes = [], 0
-        with fsspec.open(url, "wb") as fh:
-            fh.write(data)
+        data, n = b"".join(self._buffer), self._buffer_records
+        self._buffer, self._buffer_bytes, self._buffer_records = [], 0, 0
+        try:
+            with fsspec.open(url, "wb") as fh:
+                fh.write(data)
+        except Exception as exc:  # an unreachable bucket must not take the server down
+            self._failed(n, f"write {url.rsplit('/', 1)[-1]}", exc)
+        else:
+            self._outcome("written", n)
 
 
 # --- reading ----------------------------------------------------------------------------------

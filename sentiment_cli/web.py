@@ -91,6 +91,90 @@ def prometheus_middleware(prefix: str, app_name: str = "sent") -> Any:
                             buckets=LATENCY_BUCKETS).middleware
 
 
+# ---------------------------------------------------------------- draining on SIGTERM
+#
+# uvicorn closes the listener on SIGTERM and waits for requests in flight; it does not tell the
+# app. Services want to know at once (readiness 503, refuse new work, plan the rest of the
+# budget), so while a service runs, SIGTERM and SIGINT first call its drain hooks, then uvicorn's
+# own handler. Hooks run on the event loop, not inside the signal handler.
+
+_drain_hooks: list[Callable[[], None]] = []
+_chained: dict[int, Any] = {}  # signal -> the handler we wrapped
+
+
+def drain_reserve(budget_s: float) -> float:
+    """Of a shutdown budget, the part kept for answering, closing and flushing logs."""
+    return min(2.0, budget_s * 0.25)
+
+
+def begin_drain() -> None:
+    """Tell every running service that shutdown has begun (the signal handler calls this)."""
+    for hook in list(_drain_hooks):
+        hook()
+
+
+def on_drain(hook: Callable[[], None]) -> Callable[[], None]:
+    """Call hook when this process is told to stop; returns the function that unregisters it.
+
+    Call from a coroutine on the server's event loop (a lifespan startup)."""
+    if not _drain_hooks:
+        _chain_signals()
+    _drain_hooks.append(hook)
+
+    def forget() -> None:
+        with contextlib.suppress(ValueError):
+            _drain_hooks.remove(hook)
+        if not _drain_hooks:
+            _unchain_signals()
+
+    return forget
+
+
+def _chain_signals() -> None:
+    import asyncio
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return  # signals reach the main thread only (a TestClient runs the app elsewhere)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.getsignal(sig)
+
+        def handler(signum: int, frame: Any, previous: Any = previous) -> None:
+            loop.call_soon_threadsafe(begin_drain)
+            if callable(previous):
+                previous(signum, frame)
+
+        _chained[sig] = previous
+        signal.signal(sig, handler)
+
+
+def _unchain_signals() -> None:
+    import signal
+
+    for sig, previous in _chained.items():
+        with contextlib.suppress(ValueError, TypeError):
+            signal.signal(sig, previous)
+    _chained.clear()
+
+
+def exit_cleanly() -> bool:
+    """After a clean drain, let uvicorn exit 0 instead of re-raising the signal it caught.
+
+    uvicorn's handler is a bound method of its Server, which re-raises the captured signals when
+    it returns; clearing them is how a drained server reports success. False when not found."""
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        server = getattr(_chained.get(sig), "__self__", None)
+        captured = getattr(server, "_captured_signals", None)
+        if isinstance(captured, list):
+            captured.clear()
+            return True
+    return False
+
+
 def mark_process_dead() -> bool:
     """In a multi-worker server, drop this worker's live gauges; False when single-process."""
     if not os.environ.get(MULTIPROC_ENV):

@@ -204,3 +204,81 @@ def test_a_failing_sink_is_counted_not_raised(memory_url: str, monkeypatch, capl
     log.close()
     assert log.errors == 1
     assert "bucket is gone" in caplog.text
+
+
+# ---------------------------------------------------------------- failures are counted, lines whole
+
+
+def test_a_write_that_fails_half_way_leaves_no_torn_line(tmp_path: Path, monkeypatch):
+    """A full disk: the OS takes part of a write, then ENOSPC. The file is cut back to whole lines
+    and the records are counted as failed, not as written."""
+    import errno
+
+    outcomes: list[tuple[str, int]] = []
+    log = predlog.PredictionLog(tmp_path, on_outcome=lambda o, n: outcomes.append((o, n)))
+    log.write([record(0)])
+    assert log.flush(10)
+    real_open = Path.open
+
+    class FullDisk:
+        def __init__(self, fh):
+            self.fh = fh
+
+        def write(self, data):
+            self.fh.write(bytes(data[: len(data) // 2]))  # half of it lands, then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, name):
+            return getattr(self.fh, name)
+
+    monkeypatch.setattr(Path, "open", lambda self, *a, **k: FullDisk(real_open(self, *a, **k)))
+    log._close_file()  # the next write opens a new file, through the full disk
+    log.write([record(1), record(2)])
+    assert log.flush(10)
+    monkeypatch.setattr(Path, "open", real_open)
+    log.write([record(3)])
+    log.close()
+    for path in tmp_path.glob("predictions-*.jsonl"):
+        data = path.read_bytes()
+        assert data == b"" or data.endswith(b"\n"), f"torn line in {path.name}"
+        for line in data.splitlines():
+            json.loads(line)
+    assert [r["text"] for r in predlog.read_predictions(tmp_path)] == ["review 0", "review 3"]
+    assert (log.written, log.failed, log.dropped, log.unwritten) == (2, 2, 0, 0)
+    assert outcomes == [("written", 1), ("failed", 2), ("written", 1)]
+
+
+def test_an_unwritable_location_counts_every_record_and_recovers(tmp_path: Path, caplog):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the log folder should be")
+    log = predlog.PredictionLog(blocker / "logs")  # starting never fails: the server comes up
+    for i in range(5):
+        log.write([record(i)])
+    assert log.flush(10)
+    assert log.failed == 5 and log.written == 0 and log.failing_since is not None
+    assert "records lost" in caplog.text
+    blocker.unlink()  # the operator fixes it: the next record is written and the streak ends
+    log.write([record(5)])
+    log.close()
+    assert log.written == 1 and log.failing_since is None
+    assert [r["text"] for r in predlog.read_predictions(blocker / "logs")] == ["review 5"]
+
+
+def test_a_record_that_is_not_json_is_counted_and_the_writer_lives_on(tmp_path: Path):
+    log = predlog.PredictionLog(tmp_path)
+    log.write([{"text": object()}])
+    log.write([record(1)])
+    log.close()
+    assert (log.failed, log.written) == (1, 1)
+
+
+def test_object_store_failures_count_the_records_lost(memory_url: str, monkeypatch):
+    def broken_open(*args, **kwargs):
+        raise OSError("bucket is gone")
+
+    monkeypatch.setattr(fsspec, "open", broken_open)
+    log = predlog.PredictionLog(memory_url, flush_seconds=3600)
+    log.write([record(0), record(1)])
+    log.write([record(2)])
+    log.close()
+    assert (log.failed, log.written, log.unwritten) == (3, 0, 0)

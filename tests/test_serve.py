@@ -360,6 +360,79 @@ def test_an_unplanned_failure_is_a_500_counted_and_logged(cfg, tiny_model_dir, c
     assert any("internal error answering POST /predict" in rec.getMessage() for rec in caplog.records)
 
 
+def test_work_beyond_the_queue_bound_is_a_503_with_retry_after(tmp_path, tiny_predictor):
+    """Admission control: at most serve.max_queued_texts wait; the rest is refused at once."""
+    cfg = serve_config(tmp_path / "log", "serve.max_wait_ms=1500", "serve.max_batch_size=64",
+                       "serve.max_queued_texts=8")
+    with TestClient(serve.create_app(cfg, predictor=tiny_predictor)) as c:
+        wait_ready(c)
+        before = scrape(c)
+        with ThreadPoolExecutor(4) as pool:
+            first = [pool.submit(c.post, "/predict", json={"texts": ["q"] * 4}) for _ in range(2)]
+            deadline = time.monotonic() + 5
+            while metric(scrape(c), "sent_queued_texts") < 8:
+                assert time.monotonic() < deadline, "the first requests never queued"
+                time.sleep(0.02)
+            over = c.post("/predict", json={"text": "one too many"})
+            answered = [f.result() for f in first]
+        after = scrape(c)
+    assert over.status_code == 503 and int(over.headers["retry-after"]) >= 1
+    assert "serve.max_queued_texts" in over.json()["detail"]
+    assert [r.status_code for r in answered] == [200, 200]
+    assert metric(after, "sent_rejected_requests_total", reason="overloaded") == metric(
+        before, "sent_rejected_requests_total", reason="overloaded") + 1
+
+
+def test_draining_refuses_new_work_and_readiness_turns_503(cfg, tiny_predictor):
+    from sentiment_cli import web
+
+    with TestClient(serve.create_app(cfg, predictor=tiny_predictor)) as c:
+        wait_ready(c)
+        assert c.post("/predict", json={"text": "before"}).status_code == 200
+        c.blocking_portal.call(_drain)  # on the app's loop, as the signal handler arranges
+        r = c.post("/predict", json={"text": "after SIGTERM"})
+        ready = c.get("/readyz")
+        assert c.get("/healthz").status_code == 200  # alive, just not taking work
+    assert r.status_code == 503 and r.headers["retry-after"] == "1"
+    assert "shutting down" in r.json()["detail"]
+    assert ready.status_code == 503 and ready.json()["status"] == "draining"
+    assert web._drain_hooks == []  # the service unregistered itself on shutdown
+
+
+async def _drain() -> None:
+    from sentiment_cli import web
+
+    web.begin_drain()
+
+
+def test_a_failing_prediction_log_is_counted_and_leaves_the_rotation(tmp_path, tiny_predictor):
+    """The log folder cannot be written: answers go on, every lost record is counted, and once
+    the failure lasts serve.log_failure_unready_s the replica reports itself not ready."""
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    cfg = serve_config(blocker / "log", "serve.log_failure_unready_s=0.3")
+    with TestClient(serve.create_app(cfg, predictor=tiny_predictor)) as c:
+        wait_ready(c)
+        before = scrape(c)
+        answers = [c.post("/predict", json={"texts": ["a", "b"]}).status_code for _ in range(3)]
+        deadline = time.monotonic() + 10
+        while metric(scrape(c), "sent_prediction_log_records_total", outcome="failed") < metric(
+                before, "sent_prediction_log_records_total", outcome="failed") + 6:
+            assert time.monotonic() < deadline, "lost records were not counted"
+            time.sleep(0.05)
+        time.sleep(0.4)
+        ready = c.get("/readyz")
+        blocker.unlink()  # fixed: the next record is written and the replica is ready again
+        assert c.post("/predict", json={"text": "c"}).status_code == 200
+        deadline = time.monotonic() + 10
+        while c.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline, "readiness did not recover"
+            time.sleep(0.05)
+    assert answers == [200, 200, 200]
+    assert ready.status_code == 503 and ready.json()["status"] == "log_failing"
+    assert "records lost" in ready.json()["detail"]
+
+
 # ---------------------------------------------------------------- metrics, schema, page
 
 
@@ -544,6 +617,33 @@ def test_batcher_skips_requests_whose_client_left():
 
     kept = asyncio.run(main())
     assert [p.label for p in kept] == ["kept"] and seen[-1:] == ["kept"] and "gone" not in seen
+
+
+def test_batcher_refuse_queued_fails_waiting_work_and_ends_gathering():
+    """A drain's cut-off: requests still waiting, even one gathering company, fail at once."""
+    seen: list[str] = []
+
+    def predict(texts):
+        seen.extend(texts)
+        return [_fake_prediction(t) for t in texts]
+
+    async def main():
+        b = serve.Batcher(predict, max_batch_size=32, max_wait_ms=60_000)  # would gather a minute
+        b.start()
+        waiting = [asyncio.create_task(b.predict([f"t{i}"])) for i in range(3)]
+        await asyncio.sleep(0.05)
+        start = time.monotonic()
+        refused = b.refuse_queued(RuntimeError("shutting down"))
+        results = await asyncio.gather(*waiting, return_exceptions=True)
+        elapsed = time.monotonic() - start
+        late = await asyncio.gather(b.predict(["late"]), return_exceptions=True)
+        await b.stop()
+        return refused, results, late, elapsed, b.queued_texts
+
+    refused, results, late, elapsed, queued = asyncio.run(main())
+    assert all(isinstance(r, RuntimeError) for r in results + late), results
+    assert seen == [] and queued == 0 and elapsed < 1.0  # nothing computed, nothing left waiting
+    assert 0 <= refused <= 3  # those in the gathering batch are refused when it launches
 
 
 def test_batcher_passes_a_model_error_to_its_batch_and_carries_on():
@@ -768,7 +868,8 @@ def test_cli_hands_uvicorn_the_app_and_the_options(tmp_path, tiny_model_dir, mon
     assert result.exit_code == 0, result.output
     app, kw, _ = calls.pop()
     assert isinstance(app, Litestar)
-    assert (kw["host"], kw["port"], kw["timeout_graceful_shutdown"]) == ("0.0.0.0", 8123, 30)
+    # the drain budget: under Cloud Run's 10 s between SIGTERM and SIGKILL
+    assert (kw["host"], kw["port"], kw["timeout_graceful_shutdown"]) == ("0.0.0.0", 8123, 8.0)
 
     # Several workers: an import string and a factory, the resolved model passed by environment.
     result = _invoke("--model", str(tiny_model_dir), "--workers", "2", "--quantize", "--no-accuracy-gate")
@@ -832,14 +933,74 @@ def test_sigterm_finishes_requests_in_flight_and_flushes_the_log(tmp_path, tiny_
 
         responses, refused = asyncio.run(send_all())
         code = server.process.wait(30)
-    # uvicorn re-raises the signal once shutdown is complete, so the parent sees "killed by TERM".
-    assert code in (0, -signal.SIGTERM), server.text()
-    assert "Application shutdown complete" in server.text()
+    # A clean drain exits 0 (uvicorn alone would re-raise the signal: "killed by TERM").
+    assert code == 0, server.text()
+    assert "Application shutdown complete" in server.text() and "drained cleanly" in server.text()
     assert refused, "the server kept accepting connections after SIGTERM"
     assert [r.status_code for r in responses] == [200] * n
     logged = predlog.read_predictions(server.log_dir)
     assert sorted(r["text"] for r in logged) == sorted(texts)
     assert "Traceback" not in server.text()
+
+
+def test_sigterm_answers_what_cannot_finish_in_the_budget_with_503(tmp_path, tiny_model_dir):
+    """Work that would outlast serve.shutdown_budget_s is answered 503 + Retry-After before the
+    budget ends, nothing gets a 500 or a dropped connection, and the exit status is 0."""
+    n, budget = 10, 2.0
+    texts = [f"too late review {i}" for i in range(n)]
+    # Each batch would wait 20 s for company: far past the budget.
+    with running_server(tiny_model_dir, tmp_path, "--set", "serve.max_wait_ms=20000",
+                        "--set", "serve.max_batch_size=64",
+                        "--set", f"serve.shutdown_budget_s={budget}") as server:
+
+        async def send_all():
+            async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+                tasks = [asyncio.create_task(http.post("/predict", json={"text": t})) for t in texts]
+                deadline = time.monotonic() + 10
+                while await asyncio.to_thread(_queued, server.url) < n:
+                    assert time.monotonic() < deadline, "requests never reached the batcher"
+                    await asyncio.sleep(0.02)
+                start = time.monotonic()
+                server.process.send_signal(signal.SIGTERM)
+                responses = await asyncio.gather(*tasks)
+                return responses, time.monotonic() - start
+
+        responses, answered_after = asyncio.run(send_all())
+        code = server.process.wait(30)
+    assert [r.status_code for r in responses] == [503] * n, server.text()
+    assert all(r.headers.get("retry-after") for r in responses)
+    assert answered_after < budget, f"answered {answered_after:.1f} s after SIGTERM"
+    assert code == 0 and "drained cleanly" in server.text(), server.text()
+    assert "Traceback" not in server.text()
+
+
+def test_a_client_that_leaves_costs_no_forward_pass(tmp_path, tiny_model_dir):
+    import socket
+
+    with running_server(tiny_model_dir, tmp_path, "--set", "serve.max_wait_ms=1500",
+                        "--set", "serve.max_batch_size=64") as server:
+        def passes() -> float:
+            samples = {}
+            for family in text_string_to_metric_families(httpx.get(f"{server.url}/metrics").text):
+                for sample in family.samples:
+                    samples[sample.name] = sample.value
+            return samples.get("sent_batch_size_count", 0.0), samples.get("sent_abandoned_requests_total", 0.0)
+
+        before = passes()
+        body = b'{"text": "nobody waits for me"}'
+        host, port = server.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port))) as sock:
+            sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+            deadline = time.monotonic() + 5
+            while _queued(server.url) < 1:
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+        time.sleep(2.0)  # past the batch's wait: it would have run by now
+        after = passes()
+    assert after[1] == before[1] + 1, "the departure was not noticed"
+    assert after[0] == before[0], "a forward pass ran for a client that had left"
+    assert predlog.read_predictions(server.log_dir) == []
 
 
 @pytest.mark.slow

@@ -58,7 +58,8 @@ def run(cfg: Config) -> None:
         print(check_accuracy(cfg, folder, info, wanted))  # before binding the port
     if s.workers == 1:
         predictor = load_predictor(cfg, folder, info, threads=threads, gate=False)  # checked above
-        web.run_server(create_app(cfg, predictor=predictor), host=s.host, port=s.port)
+        web.run_server(create_app(cfg, predictor=predictor), host=s.host, port=s.port,
+                       graceful_s=s.shutdown_budget_s)
         return
     if s.runtime == "onnx":
         from sentiment_cli import onnxrt
@@ -66,4 +67,5 @@ def run(cfg: Config) -> None:
         onnxrt.build(folder, quantize=s.quantize, cache=cfg.paths.onnx_cache)  # once, not per worker
     os.environ[SPEC_ENV] = json.dumps({"config": config.to_dict(cfg), "folder": str(folder),
                                        "info": info, "threads": threads}, default=str)
-    web.run_server(None, host=s.host, port=s.port, workers=s.workers, factory=FACTORY)
+    web.run_server(None, host=s.host, port=s.port, workers=s.workers, factory=FACTORY,
+                   graceful_s=s.shutdown_budget_s)

@@ -6,6 +6,7 @@ loads serve.model (resolved, hash-checked, gated) after startup.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -19,7 +20,7 @@ from sentiment_cli import web
 from sentiment_cli.loading import load_predictor, resolve
 from sentiment_cli.model import Predictor
 from sentiment_cli.serve.contract import JSON_TYPES, PredictionOut, PredictResponse, request_schema, request_type
-from sentiment_cli.serve.service import Service
+from sentiment_cli.serve.service import Refused, Service
 from sentiment_cli.web import ErrorBody
 
 if TYPE_CHECKING:
@@ -56,8 +57,39 @@ def _error_specs(cfg: Config) -> dict[int, Any]:
         415: spec("The body is not application/json."),
         422: spec(f"Not {{\"text\": ...}} or {{\"texts\": [...]}}; an empty text; over {s.max_texts} "
                   f"texts; a text over {s.max_text_chars} characters."),
-        503: spec("The model is still loading."),
+        503: spec("The model is still loading, too much work is queued (serve.max_queued_texts), or "
+                  "the server is shutting down: retry after the Retry-After header's seconds."),
     }
+
+
+class ClientLeft(Exception):
+    """The client disconnected before its predictions were ready."""
+
+
+async def _unless_client_leaves(request: Any, work: Any) -> Any:
+    """Await work, unless the client disconnects first: then the work is cancelled (texts not yet
+    in a forward pass are skipped, so nobody computes for a client that is gone) and ClientLeft
+    is raised."""
+    task = asyncio.ensure_future(work)
+
+    async def left() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(left())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    finally:
+        watcher.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+    raise ClientLeft
 
 
 def _predict_route(cfg: Config, service: Service):
@@ -114,12 +146,22 @@ def _predict_route(cfg: Config, service: Service):
           operation_id="predict")
     async def predict(request: Request) -> PredictResponse:
         texts = await read_texts(request)
-        if not await service.wait_ready():
+        if not service.draining and not await service.wait_ready():
             m.rejected.labels("not_ready").inc()
             raise HTTPException(status_code=503, detail=f"model is {service.status}",
                                 headers={"Retry-After": "1"})
         try:
-            preds, _ = await service.predict(texts)
+            preds, _ = await _unless_client_leaves(request, service.predict(texts))
+        except Refused as exc:
+            m.rejected.labels(exc.reason).inc()
+            raise HTTPException(status_code=503, detail=exc.detail,
+                                headers={"Retry-After": str(exc.retry_after)}) from None
+        except ClientLeft:
+            m.abandoned.inc()
+            raise HTTPException(status_code=499, detail="client closed the request") from None
+        except asyncio.CancelledError:  # uvicorn gave up on it: the drain was not clean
+            service.cancelled += 1
+            raise
         except Exception:
             m.failures.inc()
             service.log_failure()

@@ -46,6 +46,7 @@ class Batcher:
         self._task: asyncio.Task | None = None
         self._running: set[asyncio.Task] = set()
         self.queued_texts = 0
+        self._refusal: BaseException | None = None  # set by refuse_queued: fail instead of run
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="sent-batcher")
@@ -61,6 +62,31 @@ class Batcher:
         self.queued_texts += len(texts)
         self._queue.put_nowait(item)
         return await item.future
+
+    def refuse_queued(self, exc: BaseException) -> int:
+        """Fail every request not yet in a forward pass with exc, now and from now on (a drain's
+        cut-off); passes already running finish. Returns the texts refused from the queue (a batch
+        still gathering company is refused as it launches)."""
+        self._refusal = exc
+        refused = 0
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                break
+            if item is None:
+                break
+            refused += self._refuse(item)
+        # End the loop too: a batch still gathering company is launched at once, and refused.
+        self._queue.put_nowait(None)
+        return refused
+
+    def _refuse(self, item: _Item) -> int:
+        self.queued_texts -= len(item.texts)
+        if item.future.done():
+            return 0
+        item.future.set_exception(self._refusal)
+        return len(item.texts)
 
     async def stop(self) -> None:
         """Finish the batches already queued and running, then stop."""
@@ -127,6 +153,10 @@ class Batcher:
         task.add_done_callback(self._running.discard)
 
     async def _forward(self, batch: list[_Item]) -> None:
+        if self._refusal is not None:
+            for item in batch:
+                self._refuse(item)
+            return
         self.queued_texts -= sum(len(i.texts) for i in batch)
         live = [i for i in batch if not i.future.done()]  # a client that went away is skipped
         if not live:

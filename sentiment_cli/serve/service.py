@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
     from sentiment_cli.config import Config
 
 log = logging.getLogger(__name__)
+# Lifecycle lines an operator reads beside uvicorn's own (uvicorn configures this logger).
+events = logging.getLogger("uvicorn.error")
 
 
 class Metrics:
@@ -50,6 +53,12 @@ class Metrics:
         self.rejected = Counter("sent_rejected_requests_total", "Requests refused, by reason",
                                 ["reason"])
         self.failures = Counter("sent_prediction_failures_total", "Forward passes that raised")
+        self.log_records = Counter("sent_prediction_log_records_total",
+                                   "Prediction log records, by outcome: written, dropped (queue full), "
+                                   "failed (the sink refused them)", ["outcome"])
+        self.abandoned = Counter("sent_abandoned_requests_total",
+                                 "Requests whose client left before the answer (their texts are skipped "
+                                 "if not yet computed)")
         self.internal_errors = Counter("sent_internal_errors_total",
                                        "Requests answered 500: a failure nobody planned for (a bug)")
         self.queued = Gauge("sent_queued_texts", "Texts waiting for a forward pass",
@@ -70,8 +79,24 @@ def metrics() -> Metrics:
 
 
 
+class Refused(Exception):
+    """Work the server will not take now: the client should retry after `retry_after` seconds
+    (on another replica, behind a load balancer). Answered 503 with Retry-After."""
+
+    def __init__(self, reason: str, detail: str, retry_after: int = 1) -> None:
+        super().__init__(detail)
+        self.reason, self.detail, self.retry_after = reason, detail, retry_after
+
+
 class Service:
-    """State shared by the routes: the predictor, the batcher, the prediction log, readiness."""
+    """State shared by the routes: the predictor, the batcher, the prediction log, readiness.
+
+    Admission: at most serve.max_queued_texts texts wait for a forward pass; beyond that a request
+    is Refused at once (overloaded), so a burst costs a fast 503 instead of a slow timeout.
+    Draining (SIGTERM): readiness turns 503 and new work is Refused at once; queued work runs until
+    the drain's cut-off (serve.shutdown_budget_s less a reserve for answering and flushing the
+    log), then what has not started is Refused, so nothing is still running when the budget ends.
+    """
 
     def __init__(self, cfg: Config, predictor: Predictor | None, loader: Callable[[], Predictor] | None,
                  ready_wait_s: float = 0.0) -> None:
@@ -87,6 +112,11 @@ class Service:
         self.metrics = metrics()
         self._prepare: asyncio.Task | None = None
         self._info_labels: tuple[str, str, str] | None = None
+        self.draining = False
+        self.drain_deadline: float | None = None  # time.monotonic() when the budget ends
+        self.cancelled = 0  # requests uvicorn had to cancel: the drain was not clean
+        self._rate = 0.0  # texts per second of recent passes, for Retry-After
+        self._forget_drain: Callable[[], None] | None = None
 
     @property
     def ready(self) -> bool:
@@ -100,6 +130,14 @@ class Service:
         return self.ready
 
     def readiness(self) -> web.Readiness:
+        limit = self.cfg.serve.log_failure_unready_s
+        since = self.log.failing_since if self.log is not None else None
+        if self.ready and limit > 0 and since is not None and time.monotonic() - since >= limit:
+            # A replica that cannot record what it predicts leaves the rotation (drift and audits
+            # read the log); it comes back with the first record written.
+            return web.Readiness(status="log_failing", model=self.model_info(), detail=(
+                f"the prediction log has failed for {time.monotonic() - since:.0f} s "
+                f"({self.log.failed} records lost); see the server log"))
         return web.Readiness(status=self.status, model=self.model_info(), detail=self.detail)
 
     def log_failure(self) -> None:
@@ -112,12 +150,44 @@ class Service:
 
     async def start(self) -> None:
         s = self.cfg.serve
-        self.log = predlog.PredictionLog(self.cfg.paths.prediction_log,
-                                         rotate_bytes=s.log_rotate_bytes)
+        records = self.metrics.log_records
+        self.log = predlog.PredictionLog(self.cfg.paths.prediction_log, rotate_bytes=s.log_rotate_bytes,
+                                         on_outcome=lambda outcome, n: records.labels(outcome).inc(n))
         # Loading and warming up run after startup, so /healthz answers (and /readyz says 503)
         # while a large model loads.
         self._settled = asyncio.Event()
         self._prepare = asyncio.get_running_loop().create_task(self._load_and_warm_up())
+        self._forget_drain = web.on_drain(self.begin_drain)
+
+    def begin_drain(self) -> None:
+        """SIGTERM arrived: stop taking work, finish what fits in the budget, refuse the rest."""
+        if self.draining:
+            return
+        budget = self.cfg.serve.shutdown_budget_s
+        self.draining, self.status = True, "draining"
+        self.drain_deadline = time.monotonic() + budget
+        cut = max(0.0, budget - web.drain_reserve(budget))
+        events.info("draining: refusing new work; queued work runs for %.1f s, then is refused", cut)
+        asyncio.get_running_loop().call_later(cut, self._cut)
+
+    def _cut(self) -> None:
+        if self.batcher is not None:
+            n = self.batcher.refuse_queued(Refused("shutting_down", "the server is shutting down"))
+            if n:
+                events.warning("draining: %d queued texts refused (503) to end within the budget", n)
+
+    def _retry_after(self, queued: int) -> int:
+        return max(1, math.ceil(queued / self._rate)) if self._rate > 0 else 1
+
+    def admit(self, n_texts: int) -> None:
+        """Refused unless this request's texts fit under serve.max_queued_texts."""
+        if self.draining:
+            raise Refused("shutting_down", "the server is shutting down: retry on another replica")
+        queued = self.batcher.queued_texts if self.batcher is not None else 0
+        limit = self.cfg.serve.max_queued_texts
+        if queued + n_texts > limit and queued > 0:  # one request alone always fits an empty queue
+            raise Refused("overloaded", f"{queued} texts are waiting (serve.max_queued_texts is "
+                          f"{limit}): retry later", self._retry_after(queued))
 
     def _batcher_for(self, predictor: Predictor) -> Batcher:
         s, m = self.cfg.serve, self.metrics
@@ -125,6 +195,8 @@ class Service:
         def on_batch(n: int, seconds: float) -> None:
             m.batch_size.observe(n)
             m.forward_seconds.observe(seconds)
+            if seconds > 0:  # a moving average: what Retry-After promises follows the load
+                self._rate = n / seconds if self._rate == 0 else 0.8 * self._rate + 0.2 * n / seconds
 
         lanes = getattr(predictor, "lanes", 1)
         if lanes > 1:  # each lane runs one small batch on one thread, side by side
@@ -152,7 +224,7 @@ class Service:
             self.metrics.model_info.labels(*self._info_labels).set(1)
             self.status = "ready"
             self._settled.set()
-            logging.getLogger("uvicorn.error").info(
+            events.info(
                 "model %s version %s ready as %s (warm-up %.0f ms)", predictor.name,
                 predictor.version, self._info_labels[2], (time.perf_counter() - start) * 1000)
         except asyncio.CancelledError:
@@ -170,17 +242,38 @@ class Service:
             self._prepare.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._prepare
-        if self.batcher is not None:
-            await self.batcher.stop()
-        self.status = "loading"
-        if self.log is not None:
-            await asyncio.to_thread(self.log.close)
+        try:
+            await self._drain_and_close()
+        finally:
+            if self._forget_drain is not None:
+                self._forget_drain()
         if not web.mark_process_dead() and self._info_labels is not None:
             with contextlib.suppress(KeyError):
                 self.metrics.model_info.remove(*self._info_labels)
 
+    async def _drain_and_close(self) -> None:
+        if self.batcher is not None:
+            await self.batcher.stop()
+        self.status = "loading"
+        lost = 0
+        if self.log is not None:
+            # Within what is left of the drain budget: the platform's SIGKILL does not wait.
+            left = None if self.drain_deadline is None else max(0.5, self.drain_deadline - time.monotonic())
+            await asyncio.to_thread(self.log.close, left)
+            lost = self.log.unwritten
+            if lost:
+                log.error("prediction log: %d records not written before shutdown", lost)
+        if self.draining:
+            clean = self.cancelled == 0 and lost == 0
+            if clean:
+                web.exit_cleanly()
+            (events.info if clean else events.error)("drained %s", "cleanly" if clean else
+                     f"with {self.cancelled} requests cancelled and {lost} log records unwritten")
+
     async def predict(self, texts: list[str]) -> tuple[list[Prediction], float]:
+        """Predictions for texts (Refused when draining or over the queue bound)."""
         assert self.batcher is not None and self.predictor is not None
+        self.admit(len(texts))
         m = self.metrics
         m.request_texts.observe(len(texts))
         for t in texts:

@@ -368,8 +368,10 @@ def _validate_vertex(cfg: DictConfig) -> None:
          "vertex.accelerator_type and vertex.accelerator_count go together: a type needs a count >= 1, "
          "no accelerator needs accelerator_type null and count 0"),
         (v.timeout_s >= 1, "vertex.timeout_s must be positive"),
-        (v.max_wait_s is None or (v.scheduling == "FLEX_START" and v.max_wait_s >= 1),
-         "vertex.max_wait_s applies only with vertex.scheduling FLEX_START, and must be positive"),
+        (v.max_wait_s is None or (v.scheduling == "FLEX_START" and v.max_wait_s >= 0),
+         "vertex.max_wait_s applies only with vertex.scheduling FLEX_START (0 = wait indefinitely)"),
+        (v.scheduling != "FLEX_START" or v.timeout_s <= 7 * 86400,
+         "vertex.scheduling FLEX_START allows a vertex.timeout_s of at most 7 days (604800)"),
         (all(str(x).startswith("gs://") for x in (v.staging_bucket, v.base_output_dir) if x is not None),
          "vertex.staging_bucket and vertex.base_output_dir must be gs:// URIs"),
         (all(label_key.match(k) and label_value.match(str(val)) for k, val in v.labels.items()),

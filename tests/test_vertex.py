@@ -120,6 +120,7 @@ def test_flex_start_waits_and_cpu_only_jobs_have_no_accelerator(no_mlflow_env):
     (["vertex.accelerator_type=TPU_V3"], "not TPUs"),
     (["vertex.scheduling=CHEAP"], "vertex.scheduling must be one of"),
     (["vertex.max_wait_s=60"], "only with vertex.scheduling FLEX_START"),
+    (["vertex.scheduling=FLEX_START", "vertex.timeout_s=864000"], "at most 7 days"),
     (["vertex.replica_count=0"], "vertex.replica_count must be at least 1"),
     (["train.no_such_key=1"], "no_such_key"),
     (["vertex.image_uri=null"], "set vertex.image_uri"),

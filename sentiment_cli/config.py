@@ -8,6 +8,7 @@ Every layer is validated against the schema: an unknown key or a wrong type is a
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -230,7 +231,35 @@ def profile_names(root: Path | None = None) -> list[str]:
     return sorted(names)
 
 
+MAX_YAML_BYTES = 1 << 20
+
+
+def _check_yaml_text(path: Path) -> None:
+    """Refuse what could make loading hang or explode: a huge file, or YAML anchors and aliases
+    (a few hundred bytes of nested aliases expand to billions of nodes). Scanning tokens reads the
+    text once and expands nothing."""
+    import yaml
+
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({_one_line(exc)})") from None
+    if size > MAX_YAML_BYTES:
+        raise ConfigError(f"{path}: {size} bytes; a configuration file is at most {MAX_YAML_BYTES} bytes")
+    try:
+        for token in yaml.scan(path.read_text(encoding="utf-8")):
+            if isinstance(token, yaml.AliasToken | yaml.AnchorToken):
+                mark = token.start_mark
+                raise ConfigError(f"{path}:{mark.line + 1}: YAML anchors and aliases (&name, *name) are not "
+                                  "allowed; write the values out")
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({_one_line(exc)})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+
+
 def _read_yaml(path: Path) -> DictConfig:
+    _check_yaml_text(path)
     try:
         loaded = OmegaConf.load(path)
     except OmegaConfBaseException as exc:
@@ -262,10 +291,17 @@ def _merge(base: DictConfig, layer: Any, origin: str) -> DictConfig:
         raise ConfigError(f"{origin}{where}: {_one_line(exc)}") from None
 
 
+def _no_interpolation(where: str, value: Any) -> None:
+    if isinstance(value, str) and "${" in value:
+        raise ConfigError(f"{where}: interpolations (${{...}}) are not allowed on the command line; "
+                          "give the value itself")
+
+
 def _parse_overrides(overrides: list[str]) -> DictConfig:
     for item in overrides:
         if "=" not in item or not item.split("=", 1)[0].strip():
             raise ConfigError(f"--set {item!r}: expected key=value, for example train.lr=3e-5")
+        _no_interpolation(f"--set {item.split('=', 1)[0]}", item.split("=", 1)[1])
     try:
         return OmegaConf.from_dotlist(list(overrides))
     except OmegaConfBaseException as exc:
@@ -299,9 +335,15 @@ def load(
     if given:
         layer = OmegaConf.create({})
         for key, value in given.items():
+            _no_interpolation(f"option for {key}", value)
             OmegaConf.update(layer, key, value, force_add=True)
         cfg = _merge(cfg, layer, "command-line options")
-    missing = sorted(OmegaConf.missing_keys(cfg))
+    try:  # interpolations in the YAML files: resolved once here, so a bad one is a ConfigError now
+        OmegaConf.to_container(cfg, resolve=True)
+        missing = sorted(OmegaConf.missing_keys(cfg))
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None)
+        raise ConfigError(f"configuration{f' (key {key})' if key else ''}: {_one_line(exc)}") from None
     if missing:
         raise ConfigError(f"configuration has no value for: {', '.join(missing)}")
     _validate(cfg)
@@ -309,39 +351,85 @@ def load(
     return cfg  # type: ignore[return-value]  # a DictConfig that reads as the schema's Config
 
 
-def _validate(cfg: DictConfig) -> None:
-    t = cfg.train
-    checks = [
-        (t.mixed_precision in PRECISIONS, f"train.mixed_precision must be one of {PRECISIONS}"),
-        (t.scheduler in SCHEDULERS, f"train.scheduler must be one of {SCHEDULERS}"),
-        (t.epochs >= 1, "train.epochs must be at least 1"),
-        (t.batch_size >= 1 and t.eval_batch_size >= 1, "batch sizes must be at least 1"),
-        (t.grad_accum_steps >= 1, "train.grad_accum_steps must be at least 1"),
-        (t.lr > 0, "train.lr must be positive"),
-        (0 <= t.warmup_ratio < 1, "train.warmup_ratio must be in [0, 1)"),
-        (len(cfg.data.label_names) >= 2, "data.label_names needs at least two labels"),
-        (len(set(cfg.data.label_names)) == len(cfg.data.label_names), "data.label_names repeats a name"),
-        (0 <= cfg.data.val_fraction < 1 and 0 <= cfg.data.test_fraction < 1
-         and cfg.data.val_fraction + cfg.data.test_fraction < 1,
-         "data.val_fraction + data.test_fraction must be below 1"),
-        (cfg.model.max_length >= 8, "model.max_length must be at least 8"),
-        (cfg.serve.max_batch_size >= 1 and cfg.serve.max_texts >= 1, "serve batch limits must be >= 1"),
-        (cfg.serve.runtime in RUNTIMES, f"serve.runtime must be one of {RUNTIMES}, not {cfg.serve.runtime!r}"),
-        (0 <= cfg.serve.port <= 65535, f"serve.port must be in 0..65535, not {cfg.serve.port}"),
-        (cfg.serve.workers >= 1, f"serve.workers must be at least 1, not {cfg.serve.workers}"),
-        (cfg.serve.max_queued_texts >= cfg.serve.max_texts,
-         "serve.max_queued_texts must be at least serve.max_texts (one full request must fit)"),
-        (0 < cfg.serve.shutdown_budget_s <= 3600, "serve.shutdown_budget_s must be in (0, 3600] seconds"),
-        (cfg.serve.log_failure_unready_s >= 0, "serve.log_failure_unready_s must be >= 0 (0 = never)"),
-        (cfg.serve.max_wait_ms >= 0 and cfg.serve.max_text_chars >= 1 and cfg.serve.max_body_bytes >= 1,
-         "serve.max_wait_ms must be >= 0 and the size limits >= 1"),
-        (0 <= cfg.serve.max_accuracy_drop <= 1, "serve.max_accuracy_drop must be in [0, 1]"),
-        (all(v in VARIANTS[1:] for v in cfg.eval.compare),
-         f"eval.compare takes variants among {VARIANTS[1:]}"),
-    ]
+MAX_LENGTH_LIMIT = 32768  # tokens; beyond that a position table alone is gigabytes
+MAX_EPOCHS = 10000
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, int | float) and math.isfinite(x)
+
+
+def _check(checks: list[tuple[bool, str]]) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+
+
+def _validate_train(t: Any) -> None:
+    _check([
+        (t.mixed_precision in PRECISIONS, f"train.mixed_precision must be one of {PRECISIONS}"),
+        (t.scheduler in SCHEDULERS, f"train.scheduler must be one of {SCHEDULERS}"),
+        (1 <= t.epochs <= MAX_EPOCHS, f"train.epochs must be in 1..{MAX_EPOCHS}, not {t.epochs}"),
+        (t.max_steps == -1 or t.max_steps >= 1, f"train.max_steps must be -1 (epochs decide) or at least 1, "
+                                                f"not {t.max_steps}"),
+        (t.batch_size >= 1 and t.eval_batch_size >= 1, "train.batch_size and train.eval_batch_size must be >= 1"),
+        (t.grad_accum_steps >= 1, "train.grad_accum_steps must be at least 1"),
+        (_finite(t.lr) and t.lr > 0, f"train.lr must be a positive finite number, not {t.lr}"),
+        (_finite(t.weight_decay) and t.weight_decay >= 0, "train.weight_decay must be finite and >= 0"),
+        (_finite(t.max_grad_norm) and t.max_grad_norm >= 0, "train.max_grad_norm must be finite and >= 0"),
+        (0 <= t.warmup_ratio < 1, "train.warmup_ratio must be in [0, 1)"),
+        (t.early_stopping_patience >= 0 and t.keep_checkpoints >= 1 and t.num_workers >= 0,
+         "train.early_stopping_patience and train.num_workers must be >= 0, train.keep_checkpoints >= 1"),
+        (t.log_every_steps >= 1 and t.checkpoint_every_steps >= 0,
+         "train.log_every_steps must be >= 1 and train.checkpoint_every_steps >= 0"),
+    ])
+
+
+def _validate_model_and_data(cfg: DictConfig) -> None:
+    m, sc, d = cfg.model, cfg.model.scratch, cfg.data
+    _check([
+        (8 <= m.max_length <= MAX_LENGTH_LIMIT, f"model.max_length must be in 8..{MAX_LENGTH_LIMIT}, "
+                                                f"not {m.max_length}"),
+        (sc.vocab_size >= 16, f"model.scratch.vocab_size must be at least 16, not {sc.vocab_size}"),
+        (min(sc.hidden_size, sc.num_layers, sc.num_heads, sc.intermediate_size) >= 1,
+         "model.scratch sizes must be at least 1"),
+        (sc.hidden_size % max(sc.num_heads, 1) == 0,
+         f"model.scratch.num_heads ({sc.num_heads}) must divide model.scratch.hidden_size ({sc.hidden_size})"),
+        (len(d.label_names) >= 2, "data.label_names needs at least two labels"),
+        (len(set(d.label_names)) == len(d.label_names), "data.label_names repeats a name"),
+        (0 <= d.val_fraction < 1 and 0 <= d.test_fraction < 1 and d.val_fraction + d.test_fraction < 1,
+         "data.val_fraction + data.test_fraction must be below 1"),
+        (d.max_train_samples is None or d.max_train_samples >= 1, "data.max_train_samples must be >= 1 or null"),
+        (cfg.eval.batch_size >= 1 and cfg.eval.max_misclassified >= 0,
+         "eval.batch_size must be >= 1 and eval.max_misclassified >= 0"),
+        (all(v in VARIANTS[1:] for v in cfg.eval.compare), f"eval.compare takes variants among {VARIANTS[1:]}"),
+    ])
+
+
+def _validate_serve(s: Any) -> None:
+    _check([
+        (s.max_batch_size >= 1 and s.max_texts >= 1, "serve batch limits must be >= 1"),
+        (s.runtime in RUNTIMES, f"serve.runtime must be one of {RUNTIMES}, not {s.runtime!r}"),
+        (0 <= s.port <= 65535, f"serve.port must be in 0..65535, not {s.port}"),
+        (s.workers >= 1, f"serve.workers must be at least 1, not {s.workers}"),
+        (s.max_queued_texts >= s.max_texts,
+         "serve.max_queued_texts must be at least serve.max_texts (one full request must fit)"),
+        (0 < s.shutdown_budget_s <= 3600, "serve.shutdown_budget_s must be in (0, 3600] seconds"),
+        (s.log_failure_unready_s >= 0, "serve.log_failure_unready_s must be >= 0 (0 = never)"),
+        (_finite(s.max_wait_ms) and s.max_wait_ms >= 0 and s.max_text_chars >= 1 and s.max_body_bytes >= 1,
+         "serve.max_wait_ms must be >= 0 and the size limits >= 1"),
+        (0 <= s.max_accuracy_drop <= 1, "serve.max_accuracy_drop must be in [0, 1]"),
+        (s.threads >= 0 and s.log_rotate_bytes >= 1, "serve.threads must be >= 0, serve.log_rotate_bytes >= 1"),
+    ])
+
+
+def _validate(cfg: DictConfig) -> None:
+    """Ranges and relations between values: a value that would crash, hang or train nonsense is a
+    one-line ConfigError here, before any step starts."""
+    _validate_train(cfg.train)
+    _validate_model_and_data(cfg)
+    _validate_serve(cfg.serve)
+    _check([(cfg.promote.alias.strip() != "", "promote.alias must not be empty")])
     _validate_drift(cfg)
     _validate_vertex(cfg)
 

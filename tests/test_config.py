@@ -113,3 +113,62 @@ def test_unknown_keys_never_pass_silently(tmp_path_factory, key):
         return
     with pytest.raises(ConfigError):
         config.load(None, [f"{name}=1"], root=root)
+
+
+# ---------------------------------------------------------------- values that used to crash, hang or mislead
+
+
+@pytest.mark.parametrize(("override", "fragment"), [
+    ("train.max_steps=0", "train.max_steps must be -1"),
+    ("model.max_length=100000000", "model.max_length must be in 8..32768"),
+    ("model.name=${oc.env:HOME}", "interpolations"),
+    ("train.lr=${nosuch.key}", "interpolations"),
+    ("train.lr=${train.lr}", "interpolations"),
+    ("model.scratch.num_heads=3", "must divide model.scratch.hidden_size"),
+    ("eval.batch_size=0", "eval.batch_size must be >= 1"),
+    ("train.lr=inf", "positive finite number"),
+    ("train.lr=nan", "positive finite number"),
+    ("train.epochs=1e23", "train.epochs"),
+    ("train.epochs=100000", "train.epochs must be in 1..10000"),
+    ("model.scratch.vocab_size=0", "model.scratch.vocab_size must be at least 16"),
+    ("serve.max_queued_texts=1", "serve.max_queued_texts must be at least serve.max_texts"),
+    ("serve.shutdown_budget_s=0", "serve.shutdown_budget_s"),
+])
+def test_out_of_range_and_interpolated_values_are_one_line_errors(tmp_path, override, fragment):
+    with pytest.raises(ConfigError) as info:
+        config.load("tiny", [override], root=tmp_path)
+    assert fragment in str(info.value) and "\n" not in str(info.value)
+
+
+def test_interpolation_in_a_command_option_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="interpolations"):
+        config.load("tiny", root=tmp_path, options={"serve.model": "${oc.env:HOME}"})
+
+
+def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path):
+    """Nine levels of nine aliases: ~400 bytes that would expand to 387 million nodes."""
+    import time
+
+    lines = ['a0: &a0 ["x","x","x","x","x","x","x","x","x"]']
+    for i in range(1, 9):
+        lines.append(f"a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 9) + "]")
+    (tmp_path / "params.yaml").write_text("\n".join(lines) + "\n")
+    start = time.monotonic()
+    with pytest.raises(ConfigError, match="anchors and aliases"):
+        config.load(root=tmp_path)
+    assert time.monotonic() - start < 2
+
+
+def test_a_bad_interpolation_inside_params_yaml_is_a_config_error(tmp_path):
+    (tmp_path / "params.yaml").write_text("train:\n  lr: ${nosuch.key}\n")
+    with pytest.raises(ConfigError, match="nosuch"):
+        config.load(root=tmp_path)
+    (tmp_path / "params.yaml").write_text("train:\n  lr: ${train.lr}\n")
+    with pytest.raises(ConfigError):
+        config.load(root=tmp_path)
+
+
+def test_an_oversized_params_yaml_is_refused(tmp_path):
+    (tmp_path / "params.yaml").write_text("# " + "x" * (config.MAX_YAML_BYTES + 10) + "\n")
+    with pytest.raises(ConfigError, match="at most"):
+        config.load(root=tmp_path)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from sentiment_cli import __version__, batches, config, data, files, launch, metrics, model, registry
 from sentiment_cli.cudagraph import GraphedStep, graphs_usable
-from sentiment_cli.errors import SentError
+from sentiment_cli.errors import SentError, UsageError
 
 log = logging.getLogger(__name__)
 STATE_FILE = "sent_state.json"  # a checkpoint's marker: written last, so its presence means complete
@@ -250,13 +250,16 @@ def run(cfg, resume: bool | str = False) -> Path:
     from accelerate.utils import DataLoaderConfiguration, set_seed
 
     t = cfg.train
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and not launch.already_launched(os.environ):  # e.g. Vertex AI's machine-level WORLD_SIZE
+        raise UsageError(f"WORLD_SIZE is {launched} but this process is not one of a torch.distributed launch; "
+                         "start training with `sent train --launch auto`, `accelerate launch` or torchrun")
     accelerator = Accelerator(mixed_precision=t.mixed_precision, gradient_accumulation_steps=t.grad_accum_steps,
                               # without CUDA, processes started by torchrun must use gloo on the CPU:
                               # otherwise Accelerate sees no backend and each thinks it is alone
                               cpu=not torch.cuda.is_available(),
                               # pinned batches copied without blocking: the host runs ahead of the GPU
                               dataloader_config=DataLoaderConfiguration(non_blocking=True))
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched > 1 and accelerator.num_processes != launched:
         raise RuntimeError(f"launched as {launched} processes but Accelerate sees {accelerator.num_processes}")
     main = accelerator.is_main_process
@@ -438,6 +441,8 @@ def _loop(cfg, accelerator, net, optimizer, scheduler, train_dl, val_dl, sampler
 def _stop(accelerator, ckpt_root: Path, state: State, keep: int, progress: Progress) -> None:
     where = _save_checkpoint(accelerator, ckpt_root, state, keep)
     progress.message(f"SIGTERM: checkpoint {where} written at step {state.global_step}; stopping")
+    if not accelerator.is_main_process:
+        raise SystemExit(EXIT_SIGTERM)  # the main process says it, once
     raise Stopped(f"stopped by SIGTERM at step {state.global_step}; `sent train --resume` continues "
                   "(a job restarted by Vertex AI resumes by itself)")
 

@@ -255,3 +255,17 @@ def test_help_names_the_launch_options():
                           text=True, env={**os.environ, "COLUMNS": "200"}, timeout=60)
     for text in ("--launch", "--auto-resume", "CLUSTER_SPEC", "--resume"):
         assert text in done.stdout, text
+
+
+def test_a_machine_level_world_size_without_a_launch_is_a_clear_error(workdir, monkeypatch):
+    """Vertex AI sets WORLD_SIZE to the number of machines: `sent train` alone must not train as
+    if it were one process of several."""
+    from conftest import FAST
+
+    runner = CliRunner()
+    sets = [a for s in FAST for a in ("--set", s)]
+    assert runner.invoke(app, ["fetch", "--profile", "tiny", *sets]).exit_code == 0
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    result = runner.invoke(app, ["train", "--profile", "tiny", *sets])
+    assert result.exit_code == 2, result.output
+    assert "sent train --launch auto" in result.output and "Traceback" not in result.output

@@ -147,6 +147,7 @@ class DriftEffects:
     positive_probability: float = MISSING
     length_chars: float = MISSING
     length_tokens: float = MISSING
+    uppercase: float = MISSING
     oov: float = MISSING
     words: float = MISSING
     embeddings: float = MISSING

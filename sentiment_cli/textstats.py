@@ -3,6 +3,7 @@ compute the same way: one definition, so a reference and a window are always com
 
 - words(): lower-cased word tokens by one regular expression (no nltk, nothing downloaded).
 - vocabulary(): the most frequent words of a corpus (the training split), for out-of-vocabulary shares.
+- uppercase_share(): per text, the share of its letters in upper case.
 - oov_share(): per text, the share of its words missing from that vocabulary.
 - bag_of_words(): a sparse texts × words count matrix over a fixed word index (+ one "other" column).
 - token_lengths(): tokens per text under the model's own tokenizer (truncated as the model sees it).
@@ -27,6 +28,17 @@ def words(text: str) -> list[str]:
 
 def char_lengths(texts: Sequence[str]) -> np.ndarray:
     return np.fromiter((len(t) for t in texts), dtype=np.float64, count=len(texts))
+
+
+def uppercase_share(texts: Sequence[str]) -> np.ndarray:
+    """Per text, the share of its letters that are upper case (0 without letters): a model whose
+    tokenizer lower-cases cannot see a change in case, this can."""
+    out = np.zeros(len(texts), dtype=np.float64)
+    for i, t in enumerate(texts):
+        letters = sum(c.isalpha() for c in t)
+        if letters:
+            out[i] = sum(c.isupper() for c in t) / letters
+    return out
 
 
 def word_counts(texts: Iterable[str]) -> Counter:

@@ -44,7 +44,7 @@ def test_the_report_renders_offline(browser, tmp_path):  # noqa: F811
     # the verdict is the first thing on the page after the one-line header
     assert verdict.location["y"] < browser.find_element(By.ID, "tests").location["y"]
     charts = browser.find_elements(By.CSS_SELECTOR, "svg[data-feature]")
-    assert len(charts) == 5 and all(c.size["width"] > 200 and c.size["height"] > 50 for c in charts)
+    assert len(charts) == 6 and all(c.size["width"] > 200 and c.size["height"] > 50 for c in charts)
     bars = browser.find_elements(By.CSS_SELECTOR, "svg[data-feature=positive_probability] rect.current")
     assert len(bars) == reporting.BINS and max(float(b.get_attribute("height")) for b in bars) > 10
     rows = browser.find_elements(By.CSS_SELECTOR, "#tests tbody tr")

@@ -16,8 +16,8 @@ import numpy as np
 from sentiment_cli import textstats
 from sentiment_cli.drift import stats
 
-TESTS = ("labels", "confidence", "positive_probability", "length_chars", "length_tokens", "oov",
-         "words", "embeddings")
+TESTS = ("labels", "confidence", "positive_probability", "length_chars", "length_tokens", "uppercase",
+         "oov", "words", "embeddings")
 
 
 @dataclass
@@ -29,6 +29,11 @@ class Features:
     oov: np.ndarray  # per text: share of words outside the training vocabulary
     bow: Any  # scipy.sparse CSR (n, vocabulary + 1)
     embeddings: np.ndarray | None = None
+    uppercase: np.ndarray | None = None  # per text: share of letters in upper case
+
+    def __post_init__(self) -> None:
+        if self.uppercase is None:
+            self.uppercase = textstats.uppercase_share(self.texts)
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -37,7 +42,7 @@ class Features:
         idx = np.asarray(idx, dtype=np.int64)
         return Features([self.texts[i] for i in idx], self.probabilities[idx], self.length_chars[idx],
                         self.length_tokens[idx], self.oov[idx], self.bow[idx],
-                        None if self.embeddings is None else self.embeddings[idx])
+                        None if self.embeddings is None else self.embeddings[idx], self.uppercase[idx])
 
 
 class Vocabulary:
@@ -79,6 +84,7 @@ def compare(ref: Features, cur: Features, d, labels: list[str], seed: int,
                       floor.positive_probability),
         stats.ks_test("length_chars", ref.length_chars, cur.length_chars, floor.length_chars),
         stats.ks_test("length_tokens", ref.length_tokens, cur.length_tokens, floor.length_tokens),
+        stats.ks_test("uppercase", ref.uppercase, cur.uppercase, floor.uppercase),
     ]
     # Permutation tests on a bounded sample of the current window: their cost grows with N × B.
     sub = _subsample(len(cur), d.permutation_sample, rng)

@@ -19,6 +19,7 @@ FEATURES = {  # histogram name → (title, how to read it from detect.Features)
     "positive_probability": ("Probability of the last label", lambda f: f.probabilities[:, -1]),
     "length_chars": ("Text length (characters)", lambda f: f.length_chars),
     "length_tokens": ("Text length (tokens)", lambda f: f.length_tokens),
+    "uppercase": ("Share of letters in upper case", lambda f: f.uppercase),
     "oov": ("Share of words outside the training vocabulary", lambda f: f.oov),
 }
 

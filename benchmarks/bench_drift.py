@@ -1,0 +1,436 @@
+"""The numbers behind `sent drift`: false alarms, power, and speed, on this machine, seeded.
+
+    python benchmarks/bench_drift.py                       # everything (~20 min on 2 busy cores)
+    python benchmarks/bench_drift.py --windows 100 --quick # a smaller, faster pass
+
+Setup (in a temporary folder, offline): the Rotten Tomatoes training split is shuffled (seed) and
+cut in two: BENCH_TRAIN texts train the tiny profile's model, the rest stay held out. `sent eval`
+builds the drift reference on the test split as it always does. Windows for false alarms come
+from the held-out rest of the training split plus the validation split: never in the reference
+sample, never seen in training (the validation split picks the best epoch only).
+
+Scenarios (each window's tests run exactly as `sent drift` runs them: detect.compare with the
+configured permutations, effect floors and Holm at drift.alpha):
+- null: held-out reviews, windows of 200 (--windows, at least 500 for the headline number);
+- trivial shift at 2,000 and 10,000: label share 52/48 instead of 50/50 and every text one word
+  longer (one of its own words repeated); 10,000 texts need more than the held-out pool, so those
+  windows draw with replacement;
+- text from another source, shipped inside packages (no download): Faker's en_US lorem sentences
+  and pyjokes' jokes; and systematic transformations of held-out reviews: typos, upper case,
+  HTML/emoji noise;
+- mixtures of Faker sentences into held-out reviews at 50/25/10% (and a power grid over mix and
+  window size, plotted);
+- label prior 70/30 instead of 50/50.
+Every rate comes with its Wilson 95% interval. Speed: reading a 100,000-record prediction log,
+all tests but the embedding test on it, the embedding test alone at 200, encoding, and the
+whole `sent drift` command over that log (median of 3, with the load average).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH_TRAIN = 5000
+SEED = 20261201
+
+
+def wilson(k: int, n: int, z: float = 1.959964) -> list[float]:
+    if n == 0:
+        return [0.0, 1.0]
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [round(float(max(0.0, centre - half)), 4), round(float(min(1.0, centre + half)), 4)]
+
+
+def sent(*args: str, cwd: Path) -> None:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{cwd / 'mlflow.db'}", "TOKENIZERS_PARALLELISM": "false"}
+    out = subprocess.run([sys.executable, "-m", "sentiment_cli.cli", *args], cwd=cwd, env=env,
+                         capture_output=True, text=True)
+    if out.returncode not in (0, 4, 5):
+        raise SystemExit(f"sent {' '.join(args)} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
+
+
+def prepare(work: Path) -> tuple[list[str], list[int]]:
+    """Data folder with a cut training split; fetch, train, eval. Returns the held-out pool."""
+    import pandas as pd
+
+    from sentiment_cli import data
+
+    splits = data.load_rt_polarity(str(data.builtin_rt_path()))
+    train = splits["train"].sample(frac=1.0, random_state=SEED).reset_index(drop=True)
+    src = work / "source"
+    src.mkdir(parents=True, exist_ok=True)
+    train.iloc[:BENCH_TRAIN].to_csv(src / "train.csv", index=False)
+    splits["validation"].to_csv(src / "validation.csv", index=False)
+    splits["test"].to_csv(src / "test.csv", index=False)
+    rest = pd.concat([train.iloc[BENCH_TRAIN:], splits["validation"]], ignore_index=True)
+    args = ["--profile", "tiny", "--set", f"data.source={src}", "--set", "mlflow.enabled=false",
+            "--set", "eval.compare=[]"]
+    for step in ("fetch", "train", "eval"):
+        sent(step, *args, cwd=work)
+    return rest["text"].tolist(), [int(x) for x in rest["label"]]
+
+
+# --- text from elsewhere and transformations ---------------------------------------------------
+
+
+def faker_texts(n: int, seed: int) -> list[str]:
+    from faker import Faker
+
+    fake = Faker("en_US")
+    fake.seed_instance(seed)
+    return [fake.sentence(nb_words=int(w)) for w in np.random.default_rng(seed).integers(8, 30, n)]
+
+
+def joke_texts() -> list[str]:
+    import pyjokes
+
+    return list(pyjokes.get_jokes("en", "all"))
+
+
+def typos(text: str, rng: random.Random) -> str:
+    chars = list(text)
+    for _ in range(max(1, len(chars) // 15)):  # about one edit every 15 characters
+        i = rng.randrange(len(chars))
+        op = rng.random()
+        if op < 0.33 and i + 1 < len(chars):
+            chars[i], chars[i + 1] = chars[i + 1], chars[i]
+        elif op < 0.66:
+            chars[i] = rng.choice("abcdefghijklmnopqrstuvwxyz")
+        else:
+            chars.insert(i, rng.choice("abcdefghijklmnopqrstuvwxyz"))
+    return "".join(chars)
+
+
+def html_noise(text: str, rng: random.Random) -> str:
+    tags = ["<br>", "<b>", "</b>", "&nbsp;", "<p>", "😂", "🔥", "👍", "&amp;", "<i>", "</i>"]
+    words = text.split()
+    for _ in range(max(1, len(words) // 4)):
+        words.insert(rng.randrange(len(words) + 1), rng.choice(tags))
+    return " ".join(words)
+
+
+def one_more_word(text: str, rng: random.Random) -> str:
+    words = text.split()
+    if not words:
+        return text
+    words.insert(rng.randrange(len(words) + 1), rng.choice(words))
+    return " ".join(words)
+
+
+# --- windows -----------------------------------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, work: Path, monitor, cfg):
+        self.work, self.monitor, self.cfg = work, monitor, cfg
+        self.pools: dict = {}
+
+    def featurize(self, name: str, texts: list[str]) -> None:
+        from sentiment_cli import textstats
+        from sentiment_cli.drift import detect
+
+        cache = self.work / f"pool-{name}.npz"  # model outputs per pool, reused by a rerun in --work
+        if cache.exists():
+            z = np.load(cache)
+            probs, lengths, emb = z["probs"], z["lengths"], z["emb"]
+        else:
+            p = self.monitor.predictor
+            probs = p.predict_proba(texts)
+            lengths = textstats.token_lengths(p.tokenizer, texts, p.max_length)
+            emb = p.embed(texts)
+            np.savez(cache, probs=probs, lengths=lengths, emb=emb)
+        self.pools[name] = detect.features(texts, probs, lengths, self.monitor.vocab, emb)
+
+    def run(self, windows: list[tuple[str, np.ndarray]] | list, label: str, seed: int) -> dict:
+        """Each window: (pool name, indices) or a list of those to concatenate."""
+        from scipy import sparse
+
+        from sentiment_cli.drift import detect
+
+        alarms, per_test, n = 0, {}, None
+        start = time.perf_counter()
+        for w, parts in enumerate(windows):
+            feats = [self.pools[name].take(idx) for name, idx in parts]
+            cur = feats[0] if len(feats) == 1 else detect.Features(
+                sum((f.texts for f in feats), []), np.concatenate([f.probabilities for f in feats]),
+                np.concatenate([f.length_chars for f in feats]), np.concatenate([f.length_tokens for f in feats]),
+                np.concatenate([f.oov for f in feats]), sparse.vstack([f.bow for f in feats]).tocsr(),
+                np.concatenate([f.embeddings for f in feats]), np.concatenate([f.uppercase for f in feats]))
+            n = len(cur)
+            if cur.embeddings is not None and len(cur) > self.cfg.drift.embedding_sample:
+                keep = np.sort(np.random.default_rng(seed + w).choice(len(cur), self.cfg.drift.embedding_sample,
+                                                                      replace=False))
+                cur.embeddings = cur.embeddings[keep]
+            results, drift, _ = detect.compare(self.monitor.ref, cur, self.cfg.drift, self.monitor.labels,
+                                               seed + w, with_words=False)
+            alarms += drift
+            for r in results:
+                per_test[r.name] = per_test.get(r.name, 0) + int(r.drift)
+        k = len(windows)
+        out = {"scenario": label, "window": n, "windows": k, "alarms": alarms, "rate": round(alarms / k, 4),
+               "wilson95": wilson(alarms, k),
+               "per_test": {t: {"rate": round(c / k, 4), "wilson95": wilson(c, k)} for t, c in per_test.items()},
+               "seconds": round(time.perf_counter() - start, 1)}
+        print(json.dumps({x: out[x] for x in ("scenario", "window", "windows", "rate", "wilson95", "seconds")}),
+              flush=True)
+        return out
+
+
+def draw(rng: np.random.Generator, n_pool: int, n: int, replace: bool = False) -> np.ndarray:
+    return rng.choice(n_pool, size=n, replace=replace or n > n_pool)
+
+
+def by_label(rng, labels: np.ndarray, n: int, share_pos: float, replace: bool = False) -> np.ndarray:
+    pos, neg = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
+    k = int(round(n * share_pos))
+    return np.concatenate([rng.choice(pos, size=k, replace=replace or k > len(pos)),
+                           rng.choice(neg, size=n - k, replace=replace or n - k > len(neg))])
+
+
+# --- speed -------------------------------------------------------------------------------------
+
+
+def write_log(location: Path, texts: list[str], probs: np.ndarray, labels: list[str], version: str,
+              n: int, seed: int) -> None:
+    from sentiment_cli import predlog
+    from sentiment_cli.model import Prediction
+
+    rng = np.random.default_rng(seed)
+    log = predlog.PredictionLog(location)
+    batch = []
+    for _ in range(n):
+        j = int(rng.integers(len(texts)))
+        row = probs[j]
+        k = int(row.argmax())
+        pred = Prediction(labels[k], k, float(row[k]), {lab: float(p) for lab, p in zip(labels, row, strict=True)})
+        batch.append(predlog.make_record(texts[j], pred, model_name="bench", model_version=version,
+                                         latency_ms=5.0))
+        if len(batch) == 1000:
+            log.write(batch)
+            batch = []
+    if batch:
+        log.write(batch)
+    log.close()
+
+
+def speed(bench: Bench, rest: list[str], repeats: int) -> dict:
+    from sentiment_cli import predlog, textstats
+    from sentiment_cli.drift import detect, stats
+
+    m, cfg = bench.monitor, bench.cfg
+    log_dir = bench.work / "speed-log"
+    probs = m.predictor.predict_proba(rest)
+    write_log(log_dir, rest, probs, m.labels, m.version, 100_000, SEED)
+    read_s, tests_s, mmd_s, mmd_full_s, encode_s, cli_s, loads = [], [], [], [], [], [], []
+    rng = np.random.default_rng(SEED)
+    for _ in range(repeats):
+        loads.append(os.getloadavg())
+        t = time.perf_counter()
+        got = predlog.read_window(log_dir, 100_000)
+        read = time.perf_counter() - t
+        texts = [r["text"] for r in got.records]
+        pr = np.array([[r["probabilities"][lab] for lab in m.labels] for r in got.records])
+        read_s.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        lengths = textstats.token_lengths(m.predictor.tokenizer, texts, m.predictor.max_length)
+        cur = detect.features(texts, pr, lengths, m.vocab)
+        d = _Drift(cfg.drift, embeddings=False)
+        detect.compare(m.ref, cur, d, m.labels, SEED)
+        tests_s.append(time.perf_counter() - t)
+        idx = rng.choice(len(texts), 200, replace=False)
+        t = time.perf_counter()
+        emb = m.predictor.embed([texts[i] for i in idx])
+        encode_s.append(time.perf_counter() - t)
+        ref_emb = m.ref.embeddings
+        r = np.sort(rng.choice(len(ref_emb), min(len(ref_emb), cfg.drift.embedding_sample), replace=False))
+        t = time.perf_counter()
+        stats.mmd_test(ref_emb[r], emb, cfg.drift.permutations, rng, 0.01)
+        mmd_s.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        stats.mmd_test(ref_emb, emb, cfg.drift.permutations, rng, 0.01)
+        mmd_full_s.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        sent("drift", "--profile", "tiny", "--model", "models/candidate", "--current", str(log_dir),
+             "--window", "100000", "--output-dir", str(bench.work / "speed-reports"),
+             "--set", "mlflow.enabled=false", cwd=bench.work)
+        cli_s.append(time.perf_counter() - t)
+        print(f"speed: read {read:.2f}+{read_s[-1] - read:.2f} s, tests {tests_s[-1]:.2f} s, "
+              f"encode {encode_s[-1]:.2f} s, "
+              f"mmd {mmd_s[-1]:.3f} s, cli {cli_s[-1]:.1f} s, load {loads[-1]}", flush=True)
+    report = json.loads((bench.work / "speed-reports" / "drift.json").read_text())
+    med = lambda xs: round(statistics.median(xs), 3)  # noqa: E731
+    return {"records": 100_000, "repeats": repeats, "loadavg_before_each": [[round(x, 2) for x in la] for la in loads],
+            "read_log_s": {"median": med(read_s), "all": [round(x, 3) for x in read_s]},
+            "features_and_tests_without_embeddings_s": {"median": med(tests_s), "all": [round(x, 3) for x in tests_s]},
+            "read_plus_tests_without_embeddings_s": med([a + b for a, b in zip(read_s, tests_s, strict=True)]),
+            "encode_200_texts_s": {"median": med(encode_s), "all": [round(x, 3) for x in encode_s]},
+            "embedding_test_200_vs_reference_sample_s": {
+                "median": med(mmd_s), "all": [round(x, 4) for x in mmd_s],
+                "reference_n": int(min(len(m.ref), cfg.drift.embedding_sample))},
+            "embedding_test_200_vs_whole_reference_s": {"median": med(mmd_full_s), "reference_n": len(m.ref)},
+            "whole_cli_run_100k_s": {"median": med(cli_s), "all": [round(x, 2) for x in cli_s],
+                                     "includes": "python start, imports, model load, read, tests, encoding "
+                                                 f"{cfg.drift.embedding_sample} texts, JSON + HTML"},
+            "cli_report_timings": report["timings"]}
+
+
+class _Drift:
+    """cfg.drift with some keys replaced (the loaded config is read-only)."""
+
+    def __init__(self, base, **changes):
+        self._base, self._changes = base, changes
+
+    def __getattr__(self, name):
+        return self._changes[name] if name in self._changes else getattr(self._base, name)
+
+
+# --- main --------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--windows", type=int, default=500, help="null windows of 200")
+    ap.add_argument("--power-windows", type=int, default=200)
+    ap.add_argument("--big-windows", type=int, default=100, help="windows of 2,000 and 10,000")
+    ap.add_argument("--grid-windows", type=int, default=100)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "drift-cpu.json")
+    ap.add_argument("--work", type=Path, default=None)
+    args = ap.parse_args()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench-drift-"))
+    started = time.time()
+    load_start = os.getloadavg()
+    if not (work / "models" / "candidate").exists():
+        rest, rest_labels = prepare(work)
+        (work / "pool.json").write_text(json.dumps({"texts": rest, "labels": rest_labels}))
+    else:
+        pool = json.loads((work / "pool.json").read_text())
+        rest, rest_labels = pool["texts"], pool["labels"]
+    os.chdir(work)
+    from sentiment_cli import config
+    from sentiment_cli.drift import Monitor
+
+    cfg = config.load("tiny", ["mlflow.enabled=false"])
+    monitor = Monitor(cfg, "models/candidate")
+    ev = json.loads((work / "metrics" / "eval.json").read_text())
+    bench = Bench(work, monitor, cfg)
+    rng = random.Random(SEED)
+    labels = np.array(rest_labels)
+    t = time.perf_counter()
+    bench.featurize("heldout", rest)
+    bench.featurize("plus_word", [one_more_word(x, rng) for x in rest])
+    bench.featurize("faker", faker_texts(4000, SEED))
+    bench.featurize("jokes", joke_texts())
+    bench.featurize("typos", [typos(x, rng) for x in rest])
+    bench.featurize("upper", [x.upper() for x in rest])
+    bench.featurize("html_emoji", [html_noise(x, rng) for x in rest])
+    featurize_s = time.perf_counter() - t
+    g = np.random.default_rng(SEED)
+    n_pool = len(rest)
+    results: list = []
+    out = {
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        "loadavg_start": [round(x, 2) for x in load_start],
+        "command": "python benchmarks/bench_drift.py " + " ".join(sys.argv[1:]),
+        "seed": SEED, "model": "tiny profile (scratch BERT, 2 layers, hidden 64), trained on "
+                               f"{BENCH_TRAIN} of the 8,530 training texts",
+        "test_accuracy": ev["accuracy"], "heldout_pool": n_pool,
+        "reference": {"split": "test", "sample_n": len(monitor.ref)},
+        "drift_config": config.to_dict(cfg)["drift"], "featurize_pools_s": round(featurize_s, 1),
+        "scenarios": results,
+    }
+
+    def save() -> None:  # after every scenario: a crash later keeps what was measured
+        out["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+        out["wall_s"] = round(time.time() - started, 1)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(out, indent=2) + "\n")
+
+    run = bench.run
+
+    def tracked(*a, **k):
+        r = run(*a, **k)
+        save()
+        return r
+
+    bench.run = tracked
+
+    def windows(k, make):
+        return [make() for _ in range(k)]
+
+    results.append(bench.run(windows(args.windows, lambda: [("heldout", draw(g, n_pool, 200))]), "null", 1))
+    for n in (2000, 10000):
+        results.append(bench.run(windows(args.big_windows, lambda n=n: [(
+            "plus_word", by_label(g, labels, n, 0.52, replace=n > 2000))]),
+            "trivial shift: label share 52/48, +1 word", 2))
+    for name, n in (("faker", 200), ("faker", 50), ("jokes", 200), ("typos", 200), ("upper", 200),
+                    ("html_emoji", 200), ("typos", 50), ("upper", 50), ("html_emoji", 50)):
+        size = len(bench.pools[name])
+        results.append(bench.run(windows(args.power_windows, lambda name=name, n=n, size=size: [
+            (name, draw(g, size, n))]), f"other source: {name}", 3))
+    for mix, n in ((0.5, 200), (0.25, 200), (0.1, 200), (0.1, 1000)):
+        k = int(round(mix * n))
+        results.append(bench.run(windows(args.power_windows, lambda k=k, n=n: [
+            ("faker", draw(g, 4000, k)), ("heldout", draw(g, n_pool, n - k))]), f"mixture {mix:.0%} faker", 4))
+    results.append(bench.run(windows(args.power_windows, lambda: [("heldout", by_label(g, labels, 200, 0.7))]),
+                             "label prior 70/30", 5))
+    grid = []
+    for mix in (0.05, 0.1, 0.25, 0.5):
+        for n in (50, 200, 1000):
+            k = int(round(mix * n))
+            r = bench.run(windows(args.grid_windows, lambda k=k, n=n: [
+                ("faker", draw(g, 4000, k)), ("heldout", draw(g, n_pool, n - k))]), f"grid {mix:.0%} faker", 6)
+            grid.append({"mix": mix, "window": n, "rate": r["rate"], "wilson95": r["wilson95"]})
+    plot(grid, args.out.with_name("drift-power.png"))
+    out["power_grid"] = grid
+    save()
+    if not args.skip_speed:
+        out["speed"] = speed(bench, rest, args.repeats)
+    save()
+    print(f"→ {args.out}")
+    return 0
+
+
+def plot(grid: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=120)
+    for n in sorted({x["window"] for x in grid}):
+        pts = [x for x in grid if x["window"] == n]
+        mixes = [x["mix"] * 100 for x in pts]
+        ax.errorbar(mixes, [x["rate"] for x in pts],
+                    yerr=[[x["rate"] - x["wilson95"][0] for x in pts], [x["wilson95"][1] - x["rate"] for x in pts]],
+                    marker="o", capsize=3, label=f"window {n}")
+    ax.set_xlabel("Faker sentences mixed into held-out reviews (%)")
+    ax.set_ylabel("share of windows flagged")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title("sent drift: power against mix and window size", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -18,6 +18,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?")
+LETTER = re.compile(r"[^\W\d_]")
+UPPER = re.compile(r"[A-ZÀ-ÖØ-ÞΑ-ΩА-Я]")  # upper-case letters of the Latin, Greek and Cyrillic scripts
 MAX_VOCABULARY = 30000  # words kept from the training split: RT's whole train vocabulary is ~18k
 
 
@@ -35,9 +37,10 @@ def uppercase_share(texts: Sequence[str]) -> np.ndarray:
     tokenizer lower-cases cannot see a change in case, this can."""
     out = np.zeros(len(texts), dtype=np.float64)
     for i, t in enumerate(texts):
-        letters = sum(c.isalpha() for c in t)
-        if letters:
-            out[i] = sum(c.isupper() for c in t) / letters
+        if t != t.lower():  # the common case (no capitals at all) without a loop over characters
+            upper = len(UPPER.findall(t))
+            letters = len(LETTER.findall(t))
+            out[i] = upper / letters if letters else 0.0
     return out
 
 

@@ -133,3 +133,25 @@ def test_the_service_recomputes_from_a_real_log_on_its_interval(pipeline, tmp_pa
         assert doc["window"]["n"] == 120 and doc["status"] in {"drift", "no drift"}
         assert json.loads(Path(tmp_path / "r" / "drift.json").read_text())["window"]["n"] == 120
         assert _metric(client.get("/metrics").text, "sent_drift_window_size") == 120
+
+
+def test_sent_drift_serve_as_a_real_process(pipeline, tmp_path):
+    """`sent drift --serve`: a process that loads the model and reference, reports, stops on SIGTERM."""
+    from test_drift import _reviews, _version, _write_log
+
+    from sentiment_cli import servers
+
+    log = tmp_path / "log"
+    _write_log(log, _reviews(pipeline, 60), _version(pipeline), pipeline / "models" / "candidate")
+    argv = servers.sent_command("drift", "--serve", "--profile", "tiny", "--model",
+                                str(pipeline / "models" / "candidate"), "--current", str(log),
+                                "--output-dir", str(tmp_path / "r"),
+                                "--set", f"paths.metrics_dir={pipeline / 'metrics'}", "--set", "mlflow.enabled=false")
+    with servers.running(argv, cwd=tmp_path, output=tmp_path / "drift.out", ready_timeout=120) as server:
+        status, body = servers.get(f"{server.url}/drift.json")
+        assert status == 200 and json.loads(body)["window"]["n"] == 60
+        status, body = servers.get(f"{server.url}/metrics")
+        assert status == 200 and "sent_drift_p_value{test=\"words\"}" in body.decode()
+        assert servers.get(f"{server.url}/drift.html")[0] == 200
+    assert server.process.returncode in (0, -15)
+    assert (tmp_path / "r" / "drift.html").is_file()

@@ -213,17 +213,22 @@ class Monitor:
                     "message": f"{len(texts)} usable record(s) in the window, fewer than drift.min_window "
                                f"({d.min_window}): no verdict"}
         t = time.perf_counter()
-        lengths = textstats.token_lengths(self.predictor.tokenizer, texts, self.predictor.max_length)
-        cur = detect.features(texts, win["probabilities"], lengths, self.vocab)
-        timings["features_s"] = time.perf_counter() - t
         rng = np.random.default_rng(self.cfg.seed)
+        # Text features only for the texts their tests use (detect.compare): tokenising 100,000
+        # texts would cost more than every test together.
+        sub = detect.sample_index(len(texts), d.permutation_sample, rng)
+        sub_texts = [texts[i] for i in sub]
+        lengths = textstats.token_lengths(self.predictor.tokenizer, sub_texts, self.predictor.max_length)
+        cur = detect.features(sub_texts, win["probabilities"][sub], lengths, self.vocab)
+        whole = (win["probabilities"], textstats.char_lengths(texts))
+        timings["features_s"] = time.perf_counter() - t
         if d.embeddings and self.ref.embeddings is not None:
             t = time.perf_counter()
-            idx = np.sort(rng.choice(len(texts), size=min(len(texts), d.embedding_sample), replace=False))
-            cur.embeddings = self._embed([texts[i] for i in idx])
+            idx = detect.sample_index(len(sub_texts), d.embedding_sample, rng)
+            cur.embeddings = self._embed([sub_texts[i] for i in idx])
             timings["encode_s"] = time.perf_counter() - t
         t = time.perf_counter()
-        results, drift, words = detect.compare(self.ref, cur, d, self.labels, self.cfg.seed)
+        results, drift, words = detect.compare(self.ref, cur, d, self.labels, self.cfg.seed, whole=whole)
         timings["tests_s"] = time.perf_counter() - t
         pick = rng.choice(len(texts), size=min(TYPICAL_TEXTS, len(texts)), replace=False)
         drifted = [r.name for r in results if r.drift]

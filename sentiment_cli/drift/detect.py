@@ -66,31 +66,44 @@ def _subsample(n: int, cap: int, rng: np.random.Generator) -> np.ndarray:
     return np.arange(n) if n <= cap else np.sort(rng.choice(n, size=cap, replace=False))
 
 
+def sample_index(n: int, cap: int, rng: np.random.Generator) -> np.ndarray:
+    """At most cap of n positions, sorted (all of them when n <= cap)."""
+    return _subsample(n, cap, rng)
+
+
 def compare(ref: Features, cur: Features, d, labels: list[str], seed: int,
-            with_words: bool = True) -> tuple[list[stats.TestResult], bool, dict]:
+            with_words: bool = True, whole: tuple[np.ndarray, np.ndarray] | None = None
+            ) -> tuple[list[stats.TestResult], bool, dict]:
     """Every test of the current window against the reference; (results, drift, words).
 
-    `d` is cfg.drift (alpha, permutations, samples, min_effect). The embedding test runs when
-    both sides carry embeddings."""
+    `d` is cfg.drift (alpha, permutations, samples, min_effect). The model's outputs and text
+    lengths in characters are tested on the whole window; the text features (tokens, case, OOV,
+    words) on at most d.permutation_sample texts of it (their cost grows with the window: the
+    permutation tests as N × B), the embeddings on at most d.embedding_sample per side.
+    `whole` = (probabilities, characters) of the whole window when `cur` is already such a
+    sample (sent drift computes text features only for the texts it tests)."""
     rng = np.random.default_rng(seed)
     floor = d.min_effect
     n_labels = len(labels)
-    ref_pred, cur_pred = ref.probabilities.argmax(axis=1), cur.probabilities.argmax(axis=1)
+    if whole is None:
+        whole = (cur.probabilities, cur.length_chars)
+        cur = cur.take(sample_index(len(cur), d.permutation_sample, rng)) if len(cur) > d.permutation_sample \
+            else cur
+    probs, chars = whole
     results = [
-        stats.labels_test(ref_pred, cur_pred, n_labels, floor.labels, labels),
-        stats.ks_test("confidence", ref.probabilities.max(axis=1), cur.probabilities.max(axis=1),
-                      floor.confidence),
-        stats.ks_test("positive_probability", ref.probabilities[:, -1], cur.probabilities[:, -1],
+        stats.labels_test(ref.probabilities.argmax(axis=1), probs.argmax(axis=1), n_labels, floor.labels, labels),
+        stats.ks_test("confidence", ref.probabilities.max(axis=1), probs.max(axis=1), floor.confidence),
+        stats.ks_test("positive_probability", ref.probabilities[:, -1], probs[:, -1],
                       floor.positive_probability),
-        stats.ks_test("length_chars", ref.length_chars, cur.length_chars, floor.length_chars),
+        stats.ks_test("length_chars", ref.length_chars, chars, floor.length_chars),
         stats.ks_test("length_tokens", ref.length_tokens, cur.length_tokens, floor.length_tokens),
-        stats.ks_test("uppercase", ref.uppercase, cur.uppercase, floor.uppercase),
+        # Which texts have capitals, not how many: most texts have none or all have some, and KS
+        # on such a lumpy feature is very conservative; Fisher's exact test on the share is not.
+        stats.labels_test(ref.uppercase > 0, cur.uppercase > 0, 2, floor.uppercase, ["no", "yes"], "uppercase"),
     ]
-    # Permutation tests on a bounded sample of the current window: their cost grows with N × B.
-    sub = _subsample(len(cur), d.permutation_sample, rng)
-    groups = stats.group_matrix(len(ref), len(sub), d.permutations, rng)
-    results.append(stats.mean_diff_test("oov", ref.oov, cur.oov[sub], groups, floor.oov))
-    results.append(stats.words_test(ref.bow, cur.bow[sub], groups, floor.words))
+    groups = stats.group_matrix(len(ref), len(cur), d.permutations, rng)
+    results.append(stats.mean_diff_test("oov", ref.oov, cur.oov, groups, floor.oov))
+    results.append(stats.words_test(ref.bow, cur.bow, groups, floor.words))
     if d.embeddings and ref.embeddings is not None and cur.embeddings is not None and len(cur.embeddings):
         r = _subsample(len(ref.embeddings), d.embedding_sample, rng)
         c = _subsample(len(cur.embeddings), d.embedding_sample, rng)
@@ -99,6 +112,5 @@ def compare(ref: Features, cur: Features, d, labels: list[str], seed: int,
     drift = stats.verdicts(results, d.alpha)
     words = {}
     if with_words:
-        words = stats.log_odds(textstats.word_counts(ref.texts),
-                               textstats.word_counts(cur.texts[i] for i in sub))
+        words = stats.log_odds(textstats.word_counts(ref.texts), textstats.word_counts(cur.texts))
     return results, drift, words

@@ -87,9 +87,9 @@ def group_matrix(n_ref: int, n_cur: int, permutations: int, rng: np.random.Gener
 
 
 def labels_test(ref_labels: np.ndarray, cur_labels: np.ndarray, n_labels: int, threshold: float,
-                names: Sequence[str] | None = None) -> TestResult:
-    """Predicted-label shares: Fisher's exact test for two labels, chi-square for more.
-    Effect: the largest absolute change in one label's share."""
+                names: Sequence[str] | None = None, name: str = "labels") -> TestResult:
+    """Shares of categories (predicted labels, or a yes/no property of each text): Fisher's
+    exact test for two, chi-square for more. Effect: the largest absolute change in one share."""
     from scipy import stats
 
     ref = np.bincount(np.asarray(ref_labels, dtype=np.int64), minlength=n_labels)[:n_labels]
@@ -108,7 +108,7 @@ def labels_test(ref_labels: np.ndarray, cur_labels: np.ndarray, n_labels: int, t
         res = stats.chi2_contingency(used, correction=False)
         stat, p, method = float(res.statistic), float(res.pvalue), "chi-square"
     names = list(names or range(n_labels))
-    return TestResult("labels", method, float(stat), float(min(1.0, max(p, 0.0)) or np.nextafter(0, 1)),
+    return TestResult(name, method, float(stat), float(min(1.0, max(p, 0.0)) or np.nextafter(0, 1)),
                       effect, "max |share change|", threshold, int(ref.sum()), int(cur.sum()),
                       detail={"reference_share": dict(zip(map(str, names), ref_share.round(4).tolist(), strict=True)),
                               "current_share": dict(zip(map(str, names), cur_share.round(4).tolist(), strict=True))})

@@ -158,3 +158,17 @@ def test_log_odds_names_the_words_that_moved():
     out = stats.log_odds({"film": 50, "good": 50, "bad": 50}, {"film": 5, "good": 50, "zorg": 60})
     assert out["over"][0]["word"] == "zorg"
     assert out["under"][0]["word"] in {"film", "bad"}
+
+
+def test_a_big_window_is_tested_on_bounded_samples():
+    """Outputs and characters on the whole window, text features on permutation_sample texts, the
+    embeddings on a sample of their own (they may be fewer than the texts: encoding is slow)."""
+    rng = np.random.default_rng(3)
+    ref, cur = _features(rng, 200), _features(rng, 300)
+    cur.embeddings = cur.embeddings[:50]
+    results, _, _ = detect.compare(ref, cur, _drift_cfg(permutations=99, permutation_sample=100,
+                                                        embedding_sample=40), ["neg", "pos"], 0)
+    n = {r.name: r.n_current for r in results}
+    assert n["labels"] == n["confidence"] == n["length_chars"] == 300
+    assert n["length_tokens"] == n["uppercase"] == n["oov"] == n["words"] == 100
+    assert n["embeddings"] == 40

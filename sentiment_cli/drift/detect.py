@@ -42,7 +42,13 @@ class Features:
         idx = np.asarray(idx, dtype=np.int64)
         return Features([self.texts[i] for i in idx], self.probabilities[idx], self.length_chars[idx],
                         self.length_tokens[idx], self.oov[idx], self.bow[idx],
-                        None if self.embeddings is None else self.embeddings[idx], self.uppercase[idx])
+                        self._embeddings_at(idx), self.uppercase[idx])
+
+    def _embeddings_at(self, idx: np.ndarray) -> np.ndarray | None:
+        # embeddings may be a sample of their own (encoding is the slow part): then they stay
+        if self.embeddings is None or len(self.embeddings) != len(self.texts):
+            return self.embeddings
+        return self.embeddings[idx]
 
 
 class Vocabulary:

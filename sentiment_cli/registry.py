@@ -12,6 +12,7 @@ errors are written once.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -63,7 +64,58 @@ def client(cfg: Config):
     for name, given in user.items():
         if given is None and os.environ.get(name):
             _written[name] = os.environ[name]
-    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=registry_uri)
+    fresh = [u for u in dict.fromkeys((uri, registry_uri)) if _sqlite_path(u) and u not in _initialised]
+    if not fresh:
+        return mlflow.MlflowClient(tracking_uri=uri, registry_uri=registry_uri)
+    with contextlib.ExitStack() as first:
+        for store_uri in fresh:  # one lock per file, taken once
+            first.enter_context(_first_use(store_uri))
+        return _connected(mlflow.MlflowClient(tracking_uri=uri, registry_uri=registry_uri))
+
+
+def _connected(c: Any) -> Any:
+    """Touch both stores, so that building them (creating or migrating a SQLite file) happens now,
+    inside _first_use's lock, and not at some later call outside it."""
+    c.search_experiments(max_results=1)
+    c.search_registered_models(max_results=1)
+    return c
+
+
+# A SQLite store is created and migrated by the first MLflow call that touches it. Two processes
+# doing that at once corrupt it for good (alembic's temporary tables collide), so the first call
+# of each process runs under a file lock beside the database: one creates, the others wait and
+# find it complete.
+_initialised: set[str] = set()
+INIT_LOCK_TIMEOUT_SECONDS = 300.0
+
+
+@contextmanager
+def _first_use(uri: str) -> Iterator[None]:
+    from filelock import FileLock, Timeout
+
+    db = _sqlite_path(uri)
+    if db is None or uri in _initialised:
+        yield
+        return
+    db.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(db.with_name(f"{db.name}.sent-init.lock")), timeout=INIT_LOCK_TIMEOUT_SECONDS)
+    try:
+        with lock:
+            yield
+    except Timeout:
+        raise RegistryError(f"waited {INIT_LOCK_TIMEOUT_SECONDS:.0f} s for another process to create "
+                            f"the MLflow store {db}; is one stuck?") from None
+    except Exception as exc:
+        text = str(exc).lower()
+        if any(sign in text for sign in ("alembic", "migrat", "duplicate column", "out-of-date", "db upgrade")):
+            raise RegistryError(
+                f"the MLflow store {db} is half-migrated (an upgrade was interrupted: {_first_line(exc)}); "
+                f"back it up, drop any _alembic_tmp_* table, then run `mlflow db upgrade sqlite:///{db}`"
+            ) from None
+        if not isinstance(exc, _mlflow_errors()):
+            raise
+        raise RegistryError(f"MLflow store {db}: {_first_line(exc)}") from None
+    _initialised.add(uri)
 
 
 def _mlflow_errors() -> tuple[type[BaseException], ...]:

@@ -566,3 +566,62 @@ def test_racing_promotions_and_rollbacks_leave_alias_and_history_agreeing(store,
     promoted = {str(mv.version) for mv in registry.search_versions(store.cfg(), NAME)
                 if "sent.promoted_at" in (mv.tags or {})}
     assert set(history) <= promoted
+
+
+# ---------------------------------------------------------------- a new SQLite store, first used by several at once
+
+
+def _env_without_mlflow() -> dict[str, str]:
+    """This process's environment less the store URIs earlier tests' MLflow calls exported."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    return {**env, "MLFLOW_DISABLE_TELEMETRY": "true"}
+
+
+def test_racing_first_use_of_a_new_store_leaves_it_usable(tmp_path):
+    """Four `sent promote` start on a store that does not exist yet. Creating and migrating it is
+    serialised: each ends in its own one-line answer, and the store works afterwards."""
+    import subprocess
+    import sys
+
+    db = tmp_path / "fresh.db"
+    env = {**_env_without_mlflow(), "MLFLOW_TRACKING_URI": f"sqlite:///{db}"}
+    cmd = [sys.executable, "-m", "sentiment_cli.cli", "promote", "--profile", "tiny"]
+    procs = [subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (_out, err) in zip(procs, outs, strict=True):
+        assert "Traceback" not in err, err
+        assert p.returncode == 1 and "no finished `sent train` run" in err, err
+    after = subprocess.run([*cmd, "--list"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                           timeout=120)  # the store answers: an empty registry, in one line
+    assert after.returncode == 1 and "no registered model" in after.stderr, after.stderr
+    assert "Traceback" not in after.stderr and "alembic" not in after.stderr
+    import sqlite3
+
+    with sqlite3.connect(db) as con:  # complete, and no migration left half-done
+        tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"experiments", "runs", "registered_models", "alembic_version"} <= tables
+    assert not any(t.startswith("_alembic_tmp") for t in tables)
+
+
+def test_a_half_migrated_store_is_one_line_with_what_to_do(tmp_path):
+    import sqlite3
+    import subprocess
+    import sys
+
+    from sentiment_cli import config
+
+    db = tmp_path / "half.db"
+    cfg = config.load("tiny", [f"mlflow.tracking_uri=sqlite:///{db}"], root=tmp_path)
+    registry.client(cfg)  # a complete store
+    with sqlite3.connect(db) as con:  # what an interrupted migration leaves behind
+        con.execute("CREATE TABLE _alembic_tmp_latest_metrics (x INTEGER)")
+        con.execute("UPDATE alembic_version SET version_num = '0584bdc529eb'")
+    env = {**_env_without_mlflow(), "MLFLOW_TRACKING_URI": f"sqlite:///{db}"}
+    result = subprocess.run([sys.executable, "-m", "sentiment_cli.cli", "promote", "--profile", "tiny", "--list"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 1 and len(lines) == 1, result.stderr
+    assert "half-migrated" in lines[0] and "mlflow db upgrade" in lines[0] and "_alembic_tmp" in lines[0]

@@ -10,7 +10,11 @@ same barriers in the same order; only the main process writes files, prints and 
 
 Restart-safe: on SIGTERM (spot preemption, Vertex AI restarting a worker) training writes a
 checkpoint at the next step boundary and exits with status 143; a checkpoint counts only once its
-state file, written last, exists (no folder rename: object storage has none that is atomic).
+state file, written last, exists (no folder rename: object storage has none that is atomic);
+that machinery is checkpoints.py.
+
+Longer than 400 lines because the recipe reads top to bottom in one file, in the order of the
+guide (data → model → optimizer → prepare → loop → gather), with the small pieces it calls.
 """
 
 from __future__ import annotations
@@ -19,23 +23,17 @@ import json
 import logging
 import math
 import os
-import re
 import shutil
-import signal
 import sys
-import threading
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from sentiment_cli import __version__, batches, config, data, files, launch, metrics, model, registry
+from sentiment_cli import __version__, batches, checkpoints, config, data, files, launch, metrics, model, registry
+from sentiment_cli.checkpoints import State, StopRequest
 from sentiment_cli.cudagraph import GraphedStep, graphs_usable
 from sentiment_cli.errors import SentError, UsageError
 
 log = logging.getLogger(__name__)
-STATE_FILE = "sent_state.json"  # a checkpoint's marker: written last, so its presence means complete
-BEST_MARKER = "sent_best.json"  # the same for a best-model folder
-CKPT_RE = re.compile(r"^step-(\d+)$")
 EXIT_SIGTERM = 143  # 128 + SIGTERM, what a supervisor expects from a process stopped by it
 
 
@@ -43,114 +41,6 @@ class Stopped(SentError):
     """SIGTERM arrived: a checkpoint was written and training stopped; resuming continues it."""
 
     exit_code = EXIT_SIGTERM
-
-
-@dataclass
-class State:
-    """Where training is; saved beside each checkpoint so --resume continues exactly."""
-
-    epoch: int = 0
-    batch_in_epoch: int = 0  # batches of the current epoch already consumed
-    global_step: int = 0  # optimizer steps
-    best_score: float = -math.inf
-    best_epoch: int = -1
-    bad_epochs: int = 0
-    run_id: str | None = None
-    history: list[dict[str, float]] = field(default_factory=list)
-    samples_seen: int = 0
-    train_seconds: float = 0.0
-
-
-# ---------------------------------------------------------------- checkpoints
-
-
-def _checkpoints(root: Path) -> list[Path]:
-    """Complete checkpoints, oldest first: a step-N folder counts once its state file exists."""
-    found = [p for p in root.glob("step-*") if p.is_dir() and CKPT_RE.match(p.name)
-             and (p / STATE_FILE).is_file()]
-    return sorted(found, key=lambda p: int(CKPT_RE.match(p.name).group(1)))
-
-
-def _agree(accelerator, value):
-    """The main process's value, on every process: each takes the same branch around a barrier."""
-    if accelerator.num_processes == 1:
-        return value
-    from accelerate.utils import broadcast_object_list
-
-    return broadcast_object_list([value], from_process=0)[0]
-
-
-def _remove(folder: Path, marker: str) -> None:
-    """Marker first: a folder half-deleted (killed meanwhile) no longer counts as complete."""
-    (folder / marker).unlink(missing_ok=True)
-    shutil.rmtree(folder, ignore_errors=True)
-
-
-def _save_checkpoint(accelerator, root: Path, state: State, keep: int) -> Path:
-    """save_state into step-N, then the state file last: a folder without it is ignored.
-
-    Every process calls this at the same point. At an epoch end that falls on a step checkpoint
-    only the state file changes (same weights, optimizer and RNG state)."""
-    final = root / f"step-{state.global_step:08d}"
-    accelerator.wait_for_everyone()
-    complete = _agree(accelerator, (final / STATE_FILE).is_file())
-    if not complete:
-        if accelerator.is_main_process and final.exists():
-            shutil.rmtree(final)  # left incomplete by a run that was killed while writing it
-        accelerator.wait_for_everyone()
-        accelerator.save_state(str(final))
-        accelerator.wait_for_everyone()  # every process's part (RNG states) is written
-    if accelerator.is_main_process:
-        files.write_json_atomic(final / STATE_FILE, asdict(state))
-        for old in _checkpoints(root)[:-max(keep, 1)]:
-            _remove(old, STATE_FILE)
-    accelerator.wait_for_everyone()
-    return final
-
-
-def _load_checkpoint(accelerator, root: Path) -> State | None:
-    newest = _checkpoints(root)
-    name = _agree(accelerator, newest[-1].name if newest else None)
-    if name is None:
-        return None
-    accelerator.load_state(str(root / name))
-    return State(**json.loads((root / name / STATE_FILE).read_text()))
-
-
-def _best_dir(root: Path, epoch: int) -> Path:
-    return root / f"best-{epoch:04d}"
-
-
-class StopRequest:
-    """SIGTERM → a flag read at step boundaries; all processes stop at the same step."""
-
-    def __init__(self):
-        self.signum: int | None = None
-        self._previous = None
-
-    def __enter__(self) -> StopRequest:
-        if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-
-    def _handle(self, signum, _frame) -> None:
-        self.signum = signum
-
-    def now(self, accelerator, step: int, every: int, force: bool = False) -> bool:
-        """One process: at every step. Several: every `every` steps (an all-reduce costs a device
-        sync, which a step of these models cannot afford each time), and whenever forced."""
-        if accelerator.num_processes == 1:
-            return self.signum is not None
-        if not force and step % max(every, 1):
-            return False
-        import torch
-
-        flag = torch.tensor(1.0 if self.signum is not None else 0.0, device=accelerator.device)
-        return accelerator.reduce(flag, "sum").item() > 0
 
 
 # ---------------------------------------------------------------- pieces of the recipe
@@ -245,9 +135,55 @@ def run(cfg, resume: bool | str = False) -> Path:
     resume: True continues from the newest complete checkpoint (and fails without one); "auto"
     continues when there is one and starts fresh otherwise (what a restarted job does); False
     starts fresh and clears old checkpoints."""
+    from accelerate.utils import set_seed
+
+    accelerator = _accelerator(cfg)
+    ckpt_root = Path(launch.fuse_path(cfg.paths.checkpoint_dir))
+    resume = _resume_or_start(accelerator, ckpt_root, resume)
+    set_seed(cfg.seed)
+
+    # data, tokenizer, model
+    data_meta = data.read_meta(cfg.paths.data_dir)
+    splits = data.load_splits(cfg.paths.data_dir, ("train", "validation"))
+    labels = list(data_meta["labels"])
+    tokenizer, net = _tokenizer_and_model(cfg, accelerator, ckpt_root, labels, splits, resume)
+    use_graphs = _use_graphs(cfg, accelerator)
+    train_dl, val_dl = _loaders(cfg, tokenizer, splits, use_graphs)
+    sampler = train_dl.batch_sampler
+
+    # optimizer, schedule, accelerator.prepare
+    net, optimizer, scheduler, train_dl, val_dl, graphed, total_steps = _prepare(
+        cfg, accelerator, net, train_dl, val_dl, use_graphs)
+    state = State()
+    if resume:
+        state = checkpoints.load(accelerator, ckpt_root) or state
+    accelerator.wait_for_everyone()
+
+    resolved = config.to_dict(cfg)
+    tracking = accelerator.is_main_process and cfg.mlflow.enabled
+    run_ctx = registry.run(cfg, run_id=state.run_id, run_name=f"train-{cfg.model.name.split('/')[-1]}",
+                           tags={"sent.kind": "train", "sent.version": __version__}) if tracking else None
+    active = run_ctx.__enter__() if run_ctx else None
+    try:
+        if tracking:
+            if state.run_id is None:
+                state.run_id = active.info.run_id
+                registry.log_params({**config.flatten(cfg), "data.sha256": data_meta["sha256"],
+                                     "world_size": accelerator.num_processes, "total_steps": total_steps})
+            print(f"MLflow run {state.run_id} at {registry.tracking_uri(cfg)}", flush=True)
+        with StopRequest() as stop:
+            state = _loop(cfg, accelerator, net, optimizer, scheduler, train_dl, val_dl, sampler, labels, state,
+                          total_steps, ckpt_root, graphed, tracking, stop)
+        return _finish(cfg, accelerator, tokenizer, labels, state, data_meta, resolved)
+    finally:
+        if run_ctx:
+            run_ctx.__exit__(*sys.exc_info())
+
+
+def _accelerator(cfg):
     import torch
     from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration, set_seed
+    from accelerate.utils import DataLoaderConfiguration
 
     t = cfg.train
     launched = int(os.environ.get("WORLD_SIZE", "1"))
@@ -262,23 +198,25 @@ def run(cfg, resume: bool | str = False) -> Path:
                               dataloader_config=DataLoaderConfiguration(non_blocking=True))
     if launched > 1 and accelerator.num_processes != launched:
         raise RuntimeError(f"launched as {launched} processes but Accelerate sees {accelerator.num_processes}")
+    return accelerator
+
+
+def _resume_or_start(accelerator, ckpt_root: Path, resume: bool | str) -> bool:
+    """Whether to resume (every process the same answer); a fresh start clears old checkpoints."""
     main = accelerator.is_main_process
-    ckpt_root = Path(launch.fuse_path(cfg.paths.checkpoint_dir))
     if resume == "auto":
-        resume = _agree(accelerator, bool(_checkpoints(ckpt_root)))
+        resume = checkpoints.agree(accelerator, bool(checkpoints.complete(ckpt_root)))
         if resume and main:
-            print(f"resuming from {_checkpoints(ckpt_root)[-1]}", flush=True)
-    elif resume and not _agree(accelerator, bool(_checkpoints(ckpt_root))):
+            print(f"resuming from {checkpoints.complete(ckpt_root)[-1]}", flush=True)
+    elif resume and not checkpoints.agree(accelerator, bool(checkpoints.complete(ckpt_root))):
         raise FileNotFoundError(f"--resume: no complete checkpoint in {ckpt_root}")
     if not resume and main and ckpt_root.exists():
         shutil.rmtree(ckpt_root)  # a fresh run never continues someone else's checkpoints
     accelerator.wait_for_everyone()
-    set_seed(cfg.seed)
+    return bool(resume)
 
-    # data
-    data_meta = data.read_meta(cfg.paths.data_dir)
-    splits = data.load_splits(cfg.paths.data_dir, ("train", "validation"))
-    labels = list(data_meta["labels"])
+
+def _tokenizer_and_model(cfg, accelerator, ckpt_root: Path, labels: list[str], splits, resume: bool):
     saved_tok = ckpt_root / "tokenizer"
     tokenizer = None
     if resume:  # written before the first checkpoint, so complete whenever one is
@@ -287,22 +225,36 @@ def run(cfg, resume: bool | str = False) -> Path:
         tokenizer = AutoTokenizer.from_pretrained(saved_tok, local_files_only=True)
     tokenizer, net = model.build(cfg, labels, train_texts=splits["train"]["text"].tolist(), tokenizer=tokenizer)
     _same_tokenizer_everywhere(accelerator, tokenizer)
-    if main and not resume:
+    if accelerator.is_main_process and not resume:
         tokenizer.save_pretrained(saved_tok)
+    return tokenizer, net
+
+
+def _use_graphs(cfg, accelerator) -> bool:
+    t = cfg.train
+    no_graphs = graphs_usable(cfg, accelerator) if t.cuda_graphs else "train.cuda_graphs is off"
+    if t.cuda_graphs and no_graphs and accelerator.is_main_process:
+        print(f"note: CUDA graphs not used: {no_graphs}", flush=True)
+    return no_graphs is None
+
+
+def _loaders(cfg, tokenizer, splits, use_graphs: bool):
+    t = cfg.train
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     train_ds, val_ds = (batches.EncodedDataset(tokenizer, splits[s]["text"], splits[s]["label"],
                                                cfg.model.max_length) for s in ("train", "validation"))
-    no_graphs = graphs_usable(cfg, accelerator) if t.cuda_graphs else "train.cuda_graphs is off"
-    if t.cuda_graphs and no_graphs and main:
-        print(f"note: CUDA graphs not used: {no_graphs}", flush=True)
-    use_graphs = no_graphs is None
     train_dl = batches.dataloader(train_ds, t.batch_size, pad_id, cfg.seed, shuffle=True,
-                               bucketing=t.length_bucketing, num_workers=t.num_workers, fixed_shapes=use_graphs)
+                                  bucketing=t.length_bucketing, num_workers=t.num_workers, fixed_shapes=use_graphs)
     val_dl = batches.dataloader(val_ds, t.eval_batch_size, pad_id, cfg.seed, shuffle=False,
-                             num_workers=t.num_workers)
-    sampler = train_dl.batch_sampler
+                                num_workers=t.num_workers)
+    return train_dl, val_dl
 
-    # model, optimizer, schedule
+
+def _prepare(cfg, accelerator, net, train_dl, val_dl, use_graphs: bool):
+    """Optimizer and schedule, then accelerator.prepare (and, on one GPU, the graphed step)."""
+    import torch
+
+    t = cfg.train
     steps_per_epoch = math.ceil(len(train_dl) / accelerator.num_processes / t.grad_accum_steps)
     total_steps = steps_per_epoch * t.epochs if t.max_steps < 0 else min(t.max_steps, steps_per_epoch * t.epochs)
     if use_graphs:
@@ -321,41 +273,16 @@ def run(cfg, resume: bool | str = False) -> Path:
         dtype = {"bf16": torch.bfloat16, "no": None}[t.mixed_precision]
         raw = accelerator.unwrap_model(net, keep_fp32_wrapper=False)  # GraphedStep autocasts itself
         graphed = GraphedStep(raw, optimizer.optimizer, t.max_grad_norm, dtype)
-
-    state = State()
-    if resume:
-        state = _load_checkpoint(accelerator, ckpt_root) or state
-    accelerator.wait_for_everyone()
-
-    resolved = config.to_dict(cfg)
-    tracking = main and cfg.mlflow.enabled
-    run_ctx = registry.run(cfg, run_id=state.run_id, run_name=f"train-{cfg.model.name.split('/')[-1]}",
-                           tags={"sent.kind": "train", "sent.version": __version__}) if tracking else None
-    active = run_ctx.__enter__() if run_ctx else None
-    try:
-        if tracking:
-            if state.run_id is None:
-                state.run_id = active.info.run_id
-                registry.log_params({**config.flatten(cfg), "data.sha256": data_meta["sha256"],
-                                     "world_size": accelerator.num_processes, "total_steps": total_steps})
-            print(f"MLflow run {state.run_id} at {registry.tracking_uri(cfg)}", flush=True)
-        with StopRequest() as stop:
-            state = _loop(cfg, accelerator, net, optimizer, scheduler, train_dl, val_dl, sampler, labels, state,
-                          total_steps, ckpt_root, tokenizer, graphed, tracking, stop)
-        return _finish(cfg, accelerator, tokenizer, labels, state, data_meta, resolved)
-    finally:
-        if run_ctx:
-            run_ctx.__exit__(*sys.exc_info())
+    return net, optimizer, scheduler, train_dl, val_dl, graphed, total_steps
 
 
 def _loop(cfg, accelerator, net, optimizer, scheduler, train_dl, val_dl, sampler, labels, state: State,
-          total_steps: int, ckpt_root: Path, tokenizer, graphed: GraphedStep | None, tracking: bool,
+          total_steps: int, ckpt_root: Path, graphed: GraphedStep | None, tracking: bool,
           stop: StopRequest) -> State:
     import torch
 
     t = cfg.train
-    main = accelerator.is_main_process
-    progress = Progress(main, total_steps, state.global_step)
+    progress = Progress(accelerator.is_main_process, total_steps, state.global_step)
     running_loss = torch.zeros((), device=accelerator.device)  # summed on device: no sync per step
     running_n = 0
     done = state.global_step >= total_steps
@@ -388,20 +315,12 @@ def _loop(cfg, accelerator, net, optimizer, scheduler, train_dl, val_dl, sampler
                     continue
                 state.global_step += 1
                 if state.global_step % t.log_every_steps == 0 or state.global_step == total_steps:
-                    loss_value = accelerator.reduce(running_loss, "mean").item() / running_n
-                    lr = scheduler.get_last_lr()[0]
-                    elapsed = state.train_seconds + time.perf_counter() - tick
-                    speed = state.samples_seen / elapsed if elapsed > 0 else 0.0
-                    if tracking:
-                        registry.log_metrics({"train_loss": loss_value, "learning_rate": lr,
-                                              "train_samples_per_second": speed}, step=state.global_step)
-                    progress.update(state.global_step, f"epoch {state.epoch + 1} loss {loss_value:.4f} "
-                                                       f"{speed:,.0f} samples/s")
+                    _log_step(accelerator, scheduler, state, running_loss / running_n, tick, tracking, progress)
                     running_loss.zero_()
                     running_n = 0
                 if t.checkpoint_every_steps and state.global_step % t.checkpoint_every_steps == 0:
                     state.train_seconds += time.perf_counter() - tick
-                    _save_checkpoint(accelerator, ckpt_root, state, t.keep_checkpoints)
+                    checkpoints.save(accelerator, ckpt_root, state, t.keep_checkpoints)
                     tick = time.perf_counter()
                 if state.global_step >= total_steps:
                     done = True
@@ -410,26 +329,7 @@ def _loop(cfg, accelerator, net, optimizer, scheduler, train_dl, val_dl, sampler
                     state.train_seconds += time.perf_counter() - tick
                     _stop(accelerator, ckpt_root, state, t.keep_checkpoints, progress)
             state.train_seconds += time.perf_counter() - tick
-            scores = validate(accelerator, net, val_dl, labels)
-            state.history.append({"epoch": state.epoch + 1, **scores})
-            improved = scores["val_accuracy"] > state.best_score
-            if tracking:
-                registry.log_metrics(scores, step=state.global_step)
-            if main:
-                progress.message(f"epoch {state.epoch + 1}: val_loss {scores['val_loss']:.4f} "
-                                 f"val_accuracy {scores['val_accuracy']:.4f} val_f1 {scores['val_f1']:.4f}"
-                                 + (" (best)" if improved else ""))
-            if improved:
-                previous_best = state.best_epoch
-                state.best_score, state.best_epoch, state.bad_epochs = scores["val_accuracy"], state.epoch + 1, 0
-                _save_best(accelerator, net, ckpt_root, state.best_epoch, previous_best)
-            else:
-                state.bad_epochs += 1
-            state.epoch += 1
-            state.batch_in_epoch = 0
-            _save_checkpoint(accelerator, ckpt_root, state, t.keep_checkpoints)
-            if t.early_stopping_patience and state.bad_epochs >= t.early_stopping_patience:
-                progress.message(f"early stop: no better val_accuracy for {state.bad_epochs} epochs")
+            if _end_epoch(cfg, accelerator, net, val_dl, labels, state, ckpt_root, tracking, progress):
                 break
             if not done and stop.now(accelerator, state.global_step, 1, force=True):
                 _stop(accelerator, ckpt_root, state, t.keep_checkpoints, progress)
@@ -438,8 +338,47 @@ def _loop(cfg, accelerator, net, optimizer, scheduler, train_dl, val_dl, sampler
     return state
 
 
+def _log_step(accelerator, scheduler, state: State, mean_loss, tick: float, tracking: bool,
+              progress: Progress) -> None:
+    loss_value = accelerator.reduce(mean_loss, "mean").item()
+    lr = scheduler.get_last_lr()[0]
+    elapsed = state.train_seconds + time.perf_counter() - tick
+    speed = state.samples_seen / elapsed if elapsed > 0 else 0.0
+    if tracking:
+        registry.log_metrics({"train_loss": loss_value, "learning_rate": lr,
+                              "train_samples_per_second": speed}, step=state.global_step)
+    progress.update(state.global_step, f"epoch {state.epoch + 1} loss {loss_value:.4f} {speed:,.0f} samples/s")
+
+
+def _end_epoch(cfg, accelerator, net, val_dl, labels, state: State, ckpt_root: Path, tracking: bool,
+               progress: Progress) -> bool:
+    """Validate, keep the best weights, checkpoint; True when early stopping ends training."""
+    t = cfg.train
+    scores = validate(accelerator, net, val_dl, labels)
+    state.history.append({"epoch": state.epoch + 1, **scores})
+    improved = scores["val_accuracy"] > state.best_score
+    if tracking:
+        registry.log_metrics(scores, step=state.global_step)
+    progress.message(f"epoch {state.epoch + 1}: val_loss {scores['val_loss']:.4f} "
+                     f"val_accuracy {scores['val_accuracy']:.4f} val_f1 {scores['val_f1']:.4f}"
+                     + (" (best)" if improved else ""))
+    if improved:
+        previous_best = state.best_epoch
+        state.best_score, state.best_epoch, state.bad_epochs = scores["val_accuracy"], state.epoch + 1, 0
+        checkpoints.save_best(accelerator, net, ckpt_root, state.best_epoch, previous_best)
+    else:
+        state.bad_epochs += 1
+    state.epoch += 1
+    state.batch_in_epoch = 0
+    checkpoints.save(accelerator, ckpt_root, state, t.keep_checkpoints)
+    if t.early_stopping_patience and state.bad_epochs >= t.early_stopping_patience:
+        progress.message(f"early stop: no better val_accuracy for {state.bad_epochs} epochs")
+        return True
+    return False
+
+
 def _stop(accelerator, ckpt_root: Path, state: State, keep: int, progress: Progress) -> None:
-    where = _save_checkpoint(accelerator, ckpt_root, state, keep)
+    where = checkpoints.save(accelerator, ckpt_root, state, keep)
     progress.message(f"SIGTERM: checkpoint {where} written at step {state.global_step}; stopping")
     if not accelerator.is_main_process:
         raise SystemExit(EXIT_SIGTERM)  # the main process says it, once
@@ -462,48 +401,14 @@ def _same_tokenizer_everywhere(accelerator, tokenizer) -> None:
         raise RuntimeError(f"the processes built {len(digests)} different tokenizers")
 
 
-def _save_best(accelerator, net, ckpt_root: Path, epoch: int, previous: int) -> None:
-    """best-EPOCH/: weights, then the marker; the previous best goes only once this one is complete."""
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        folder = _best_dir(ckpt_root, epoch)
-        if folder.exists():
-            shutil.rmtree(folder)  # an incomplete one, left by a run killed while writing it
-        unwrapped = accelerator.unwrap_model(net)
-        unwrapped = getattr(unwrapped, "_orig_mod", unwrapped)  # torch.compile wrapper
-        unwrapped.save_pretrained(folder, safe_serialization=True)
-        files.write_json_atomic(folder / BEST_MARKER, {"epoch": epoch})
-        if previous >= 0 and previous != epoch:
-            _remove(_best_dir(ckpt_root, previous), BEST_MARKER)
-    accelerator.wait_for_everyone()
-
-
-def _publish(out: Path, net, tokenizer, meta: dict) -> None:
-    """The model folder for downstream steps. Locally: built beside it, then swapped in by a rename.
-    On Cloud Storage FUSE a folder rename is not atomic (flat buckets), so the folder is built on
-    local disk and its files copied into place with sent.json, which readers check, last."""
-    if not launch.on_object_storage(str(out)):
-        model.save(out, net, tokenizer, meta)
-        return
-    import tempfile
-
-    with tempfile.TemporaryDirectory(prefix="sent-model-") as tmp:
-        local = model.save(Path(tmp) / "model", net, tokenizer, meta)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / model.META_FILE).unlink(missing_ok=True)
-        names = sorted(p.name for p in local.iterdir() if p.is_file())
-        for name in [n for n in names if n != model.META_FILE] + [model.META_FILE]:
-            shutil.copyfile(local / name, out / name)
-
-
 def _finish(cfg, accelerator, tokenizer, labels, state: State, data_meta: dict, resolved: dict) -> Path:
     """Write the best model as paths.model_dir with everything downstream needs to know."""
     out = Path(launch.fuse_path(cfg.paths.model_dir))
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         return out
-    best = _best_dir(Path(launch.fuse_path(cfg.paths.checkpoint_dir)), state.best_epoch)
-    if not (best / BEST_MARKER).is_file():
+    best = checkpoints.best_dir(Path(launch.fuse_path(cfg.paths.checkpoint_dir)), state.best_epoch)
+    if not (best / checkpoints.BEST_MARKER).is_file():
         raise FileNotFoundError(f"the best epoch's weights are missing from {best}")
     speed = state.samples_seen / state.train_seconds if state.train_seconds > 0 else 0.0
     best_scores = next((h for h in state.history if h["epoch"] == state.best_epoch), {})
@@ -531,7 +436,7 @@ def _finish(cfg, accelerator, tokenizer, labels, state: State, data_meta: dict, 
 
     best_model = AutoModelForSequenceClassification.from_pretrained(best, local_files_only=True,
                                                                     use_safetensors=True)
-    _publish(out, best_model, tokenizer, meta)
+    checkpoints.publish(out, best_model, tokenizer, meta)
     files.write_json_atomic(Path(launch.fuse_path(cfg.paths.metrics_dir)) / "train.json",
                             {**summary, "mlflow_run_id": state.run_id, "model_dir": str(out)})
     if cfg.mlflow.enabled:

@@ -280,3 +280,22 @@ def test_train_and_eval_log_to_a_remote_tracking_server(tracking_server, tmp_pat
     assert {"val_accuracy", "test_accuracy", "train_loss"} <= set(run.data.metrics)
     assert list(artifacts.rglob("model.safetensors"))  # uploaded through the server
     assert not (tmp_path / "mlruns").exists()  # no local artifact store was used
+
+
+def test_on_cloud_storage_fuse_the_model_folder_is_copied_in_with_sent_json_last(pipeline, tmp_path, monkeypatch):
+    """No folder rename on /gcs/ (not atomic on flat buckets): built locally, then copied, the file
+    readers check last; a previous model there stops counting before its files are replaced."""
+    from sentiment_cli import checkpoints, launch
+
+    monkeypatch.setattr(launch, "on_object_storage", lambda path: True)
+    tokenizer, net, meta = model.load(pipeline / "models" / "candidate")
+    out = tmp_path / "gcs-model"
+    out.mkdir()
+    (out / "sent.json").write_text("{}")  # an older model's
+    copied = []
+    real_copy = checkpoints.shutil.copyfile
+    monkeypatch.setattr(checkpoints.shutil, "copyfile", lambda a, b: copied.append(Path(b).name) or real_copy(a, b))
+    checkpoints.publish(out, net, tokenizer, {k: v for k, v in meta.items() if k != "weights_sha256"})
+    assert copied[-1] == "sent.json" and "model.safetensors" in copied
+    assert model.read_meta(out)["weights_sha256"] == model.weights_sha256(out)
+    assert not list(tmp_path.glob(".gcs-model*"))  # nothing was built beside it

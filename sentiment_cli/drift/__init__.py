@@ -93,8 +93,10 @@ class Monitor:
         uri = model_uri or cfg.serve.model
         self.folder, self.info = loading.resolve(cfg, uri, cfg.serve.verify_hash)
         meta = model.read_meta(self.folder)
-        self.sha = str(self.info.get("weights_sha256") or model.weights_sha256(self.folder))
-        self.version = loading.model_version(self.info, {**meta, "weights_sha256": self.sha})
+        # The hash eval files its reference under: computed from the files, as eval computes it
+        # (a registry tag may be older than the hashing rule).
+        self.sha = model.weights_sha256(self.folder)
+        self.version = loading.model_version(self.info, meta)  # what serve writes in each record
         self.model_name = str(self.info.get("name") or self.folder.name)
         self.model_uri = uri
         self.reference, self.reference_path = artifacts.reference_for(cfg, self.sha)

@@ -46,8 +46,11 @@ def verify_folder(folder: Path, info: dict[str, Any]) -> None:
     """Refuse weights that differ from the hash the folder's sent.json recorded at save time."""
     if info.get("weights_sha256"):  # the registry already compared them with its tag
         return
-    verify_weights(folder, read_meta(folder).get("weights_sha256"), "sent.json",
-                   action="refusing to serve (--no-verify-hash to override)")
+    expected = read_meta(folder).get("weights_sha256")
+    if not expected:  # nothing recorded is not the same as nothing changed
+        raise ModelError(f"{folder} has no sent.json with a content hash to verify it against (not "
+                         "saved by sent train); refusing to serve it unverified: pass --no-verify-hash")
+    verify_weights(folder, expected, "sent.json", action="refusing to serve (--no-verify-hash to override)")
 
 
 def resolve(cfg: Config, uri: str, verify_hash: bool) -> tuple[Path, dict[str, Any]]:

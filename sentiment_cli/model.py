@@ -190,21 +190,63 @@ def read_meta(folder: str | Path) -> dict[str, Any]:
 
 
 def save(folder: str | Path, model, tokenizer, meta: dict[str, Any]) -> Path:
-    """Save model + tokenizer + sent.json to a temporary folder, then swap it into place."""
+    """Save model + tokenizer + sent.json to a temporary folder, then swap it into place.
+
+    sent.json records the content hash (weights_sha256) and each file's own sha256 (files)."""
     with replaced_dir(folder) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        write_json_atomic(tmp / META_FILE, {**meta, "weights_sha256": weights_sha256(tmp)})
+        write_json_atomic(tmp / META_FILE, {**meta, "weights_sha256": weights_sha256(tmp),
+                                            "files": file_manifest(tmp)})
     return Path(folder)
 
 
-def weights_sha256(folder: str | Path) -> str:
-    """One sha256 over every .safetensors file of a folder, in name order."""
+# Files that never decide a prediction: sent's own record, pickles sent never loads, notes.
+NOT_LOADED = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.pickle", "*.h5", "*.msgpack", "*.onnx",
+              "*.md", "*.txt.lock", ".gitattributes")
+
+
+def model_files(folder: str | Path) -> list[Path]:
+    """The files that decide what a model folder predicts, in name order: the weights, config.json
+    (id2label!), the tokenizer's files, and any other top-level file but sent.json and NOT_LOADED."""
+    out = []
+    for path in sorted(Path(folder).iterdir(), key=lambda p: p.name):
+        if not path.is_file() or path.name == META_FILE or any(path.match(g) for g in NOT_LOADED):
+            continue
+        out.append(path)
+    return out
+
+
+def _file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
-    files = sorted(Path(folder).glob("*.safetensors"))
-    if not files:
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_manifest(folder: str | Path) -> dict[str, str]:
+    """name → sha256 of each file in model_files: says which file changed when the hash differs."""
+    return {path.name: _file_sha256(path) for path in model_files(folder)}
+
+
+def weights_sha256(folder: str | Path) -> str:
+    """The content hash of a model folder: one sha256 over the name and sha256 of every file that
+    decides a prediction (model_files). Swapping id2label in config.json or editing the tokenizer
+    changes it as surely as a flipped weight does. (The name is kept from when it covered only
+    the .safetensors files; registry tags and sent.json carry it under that name.)"""
+    if not list(Path(folder).glob("*.safetensors")):
         raise ModelError(f"{folder} has no .safetensors weights")
-    for path in files:
+    digest = hashlib.sha256()
+    for name, sha in file_manifest(folder).items():
+        digest.update(f"{name}\0{sha}\n".encode())
+    return digest.hexdigest()
+
+
+def legacy_weights_sha256(folder: str | Path) -> str:
+    """The hash versions registered before content hashing carry: the .safetensors files only."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(folder).glob("*.safetensors")):
         digest.update(path.name.encode())
         with path.open("rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -212,16 +254,35 @@ def weights_sha256(folder: str | Path) -> str:
     return digest.hexdigest()
 
 
+def _changed_files(folder: Path) -> str:
+    recorded = read_meta(folder).get("files")
+    if not isinstance(recorded, dict):
+        return ""
+    now = file_manifest(folder)
+    changed = sorted(n for n in set(recorded) | set(now) if recorded.get(n) != now.get(n))
+    return f" (changed: {', '.join(changed)})" if changed else ""
+
+
 def verify_weights(folder: str | Path, expected: str | None, against: str, *,
                    error: type[SentError] = ModelError, action: str = "refusing to serve") -> str:
-    """The folder's weights sha256, after checking it equals `expected` (what `against` recorded).
+    """The folder's content hash, after checking it equals `expected` (what `against` recorded).
 
-    Raises `error` (one line naming both hashes) on a mismatch; an empty `expected` checks nothing.
+    Raises `error` (one line naming both hashes and, when sent.json lists them, the files that
+    changed) on a mismatch; an empty `expected` checks nothing. A version registered before
+    content hashing matches on its weights alone, with a warning that nothing else was checked.
     """
+    folder = Path(folder)
     actual = weights_sha256(folder)
     if expected and actual != expected:
-        raise error(f"{folder}: weights sha256 {actual[:12]}… does not match {against} "
-                    f"({str(expected)[:12]}…); {action}")
+        if legacy_weights_sha256(folder) == expected:
+            import sys
+
+            print(f"warning: {against} predates content hashing: only {folder}'s .safetensors are "
+                  "verified, not config.json or the tokenizer (register it again to cover them)",
+                  file=sys.stderr)
+            return actual
+        raise error(f"{folder}: content sha256 {actual[:12]}… does not match {against} "
+                    f"({str(expected)[:12]}…){_changed_files(folder)}; {action}")
     return actual
 
 

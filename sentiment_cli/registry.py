@@ -184,12 +184,24 @@ def log_artifact(path: str | Path, artifact_path: str | None = None, run_id: str
 
 
 def log_model_folder(folder: str | Path, run_id: str | None = None) -> str:
-    """Upload a model folder as the run's "model" artifact; returns its artifact URI."""
+    """Upload a model folder as the run's "model" artifact; returns its artifact URI.
+
+    Only what decides a prediction (model.model_files) and sent.json travel: a pytorch_model.bin
+    or notes lying beside the safetensors stay behind."""
+    import shutil
+    import tempfile
+
     import mlflow
+
+    from sentiment_cli.model import META_FILE, model_files
 
     c = mlflow.MlflowClient()
     rid = run_id or mlflow.active_run().info.run_id
-    c.log_artifacts(rid, str(folder), MODEL_ARTIFACT)
+    with tempfile.TemporaryDirectory(prefix="sent-upload-") as tmp:
+        for path in [*model_files(folder), Path(folder) / META_FILE]:
+            if path.is_file():
+                shutil.copy2(path, Path(tmp) / path.name)
+        c.log_artifacts(rid, tmp, MODEL_ARTIFACT)
     return f"{c.get_run(rid).info.artifact_uri}/{MODEL_ARTIFACT}"
 
 

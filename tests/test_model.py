@@ -105,3 +105,47 @@ def test_save_replaces_atomically(tiny_folder, tmp_path):
     model.save(target, net, tok, {"v": 2})
     assert model.read_meta(target)["v"] == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+# ---------------------------------------------------------------- the content hash covers what decides a prediction
+
+
+def _swap_labels(folder):
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["id2label"] = {"0": cfg["id2label"]["1"], "1": cfg["id2label"]["0"]}
+    (folder / "config.json").write_text(json.dumps(cfg))
+
+
+@pytest.mark.parametrize("change", ["labels", "tokenizer", "new file"])
+def test_the_content_hash_covers_config_and_tokenizer(tiny_folder, tmp_path, change):
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_folder, copy)
+    if change == "labels":
+        _swap_labels(copy)  # every prediction inverted, weights untouched
+    elif change == "tokenizer":
+        tok = json.loads((copy / "tokenizer.json").read_text())
+        tok["normalizer"]["lowercase"] = False
+        (copy / "tokenizer.json").write_text(json.dumps(tok))
+    else:
+        (copy / "added_tokens.json").write_text('{"great": 7}')
+    assert model.legacy_weights_sha256(copy) == model.legacy_weights_sha256(tiny_folder)
+    assert model.weights_sha256(copy) != model.weights_sha256(tiny_folder)
+    with pytest.raises(ModelError, match="does not match sent.json .*changed: ") as info:
+        model.verify_weights(copy, model.read_meta(copy)["weights_sha256"], "sent.json")
+    assert "\n" not in str(info.value)
+
+
+def test_files_sent_never_loads_do_not_change_the_hash(tiny_folder, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_folder, copy)
+    (copy / "pytorch_model.bin").write_bytes(b"a pickle that is never loaded")
+    (copy / "README.md").write_text("notes")
+    assert model.weights_sha256(copy) == model.weights_sha256(tiny_folder)
+    assert "pytorch_model.bin" not in {p.name for p in model.model_files(copy)}
+    assert set(model.read_meta(tiny_folder)["files"]) == {p.name for p in model.model_files(tiny_folder)}
+
+
+def test_a_version_registered_before_content_hashing_still_verifies_with_a_warning(tiny_folder, capsys):
+    legacy = model.legacy_weights_sha256(tiny_folder)
+    assert model.verify_weights(tiny_folder, legacy, "the registry tag") == model.weights_sha256(tiny_folder)
+    assert "predates content hashing" in capsys.readouterr().err

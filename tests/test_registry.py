@@ -149,6 +149,22 @@ def test_create_version_points_at_the_runs_model_folder(store, tmp_path):
     assert model.weights_sha256(folder) == model.weights_sha256(store.folder_of(rid))
 
 
+def test_only_the_files_that_decide_a_prediction_are_uploaded(store, tmp_path):
+    import shutil
+
+    cfg = store.cfg()
+    folder = tmp_path / "with-extras"
+    shutil.copytree(store.model_folder(), folder)
+    (folder / "pytorch_model.bin").write_bytes(b"a pickle nobody should load")
+    (folder / "NOTES.md").write_text("scratch notes")
+    with registry.run(cfg, run_name="upload") as active:
+        registry.log_model_folder(folder, active.info.run_id)
+    client = registry.client(cfg)
+    uploaded = {a.path.rsplit("/", 1)[-1] for a in client.list_artifacts(active.info.run_id, "model")}
+    assert "pytorch_model.bin" not in uploaded and "NOTES.md" not in uploaded
+    assert {"config.json", "model.safetensors", "sent.json", "tokenizer.json"} <= uploaded
+
+
 def test_search_versions_by_run_and_by_tag_oldest_first(store):
     cfg = store.cfg()
     registry.registered_model(cfg, NAME, create=True)

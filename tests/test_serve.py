@@ -386,23 +386,24 @@ def test_work_beyond_the_queue_bound_is_a_503_with_retry_after(tmp_path, tiny_pr
 def test_draining_refuses_new_work_and_readiness_turns_503(cfg, tiny_predictor):
     from sentiment_cli import web
 
+    hooks_before = list(web._drain_hooks)  # a module-scoped app of another test may be running
     with TestClient(serve.create_app(cfg, predictor=tiny_predictor)) as c:
         wait_ready(c)
+        assert len(web._drain_hooks) == len(hooks_before) + 1
         assert c.post("/predict", json={"text": "before"}).status_code == 200
-        c.blocking_portal.call(_drain)  # on the app's loop, as the signal handler arranges
+        (ours,) = [h for h in web._drain_hooks if h not in hooks_before]  # only this app drains
+        c.blocking_portal.call(_on_loop, ours)  # on the app's loop, as the signal handler arranges
         r = c.post("/predict", json={"text": "after SIGTERM"})
         ready = c.get("/readyz")
         assert c.get("/healthz").status_code == 200  # alive, just not taking work
     assert r.status_code == 503 and r.headers["retry-after"] == "1"
     assert "shutting down" in r.json()["detail"]
     assert ready.status_code == 503 and ready.json()["status"] == "draining"
-    assert web._drain_hooks == []  # the service unregistered itself on shutdown
+    assert web._drain_hooks == hooks_before  # the service unregistered itself on shutdown
 
 
-async def _drain() -> None:
-    from sentiment_cli import web
-
-    web.begin_drain()
+async def _on_loop(fn) -> None:
+    fn()
 
 
 def test_a_failing_prediction_log_is_counted_and_leaves_the_rotation(tmp_path, tiny_predictor):
@@ -826,6 +827,46 @@ def test_cli_refuses_weights_that_do_not_match_their_hash(tmp_path, tiny_model_d
     assert result.exit_code == 1
     assert "does not match" in result.output and "refusing to serve" in result.output
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_cli_refuses_a_folder_whose_labels_were_swapped(tmp_path, tiny_model_dir, monkeypatch, no_server):
+    """Same weights, id2label swapped in config.json: every answer would be inverted."""
+    monkeypatch.chdir(tmp_path)
+    swapped = tmp_path / "swapped"
+    shutil.copytree(tiny_model_dir, swapped)
+    cfg = json.loads((swapped / "config.json").read_text())
+    cfg["id2label"] = {"0": "pos", "1": "neg"}
+    (swapped / "config.json").write_text(json.dumps(cfg))
+    result = _invoke("--model", str(swapped))
+    assert result.exit_code == 1
+    assert "does not match" in result.output and "changed: config.json" in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_cli_refuses_a_folder_with_nothing_to_verify_unless_told(tmp_path, tiny_model_dir, monkeypatch,
+                                                               no_server):
+    monkeypatch.chdir(tmp_path)
+    bare = tmp_path / "bare"
+    shutil.copytree(tiny_model_dir, bare)
+    (bare / "sent.json").unlink()
+    result = _invoke("--model", str(bare))
+    assert result.exit_code == 1 and "no sent.json" in result.output and "--no-verify-hash" in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+    with pytest.raises(AssertionError, match="the server was started"):  # told: it goes ahead
+        CliRunner().invoke(cli_app, ["serve", "--profile", "tiny", "--model", str(bare), "--no-verify-hash"],
+                           catch_exceptions=False)
+
+
+def test_a_registered_model_whose_config_changed_is_refused(store, tmp_path, no_server):
+    run_id = store.train_run(0.8)
+    assert registry_fixtures.promote_cli().exit_code == 0
+    folder = store.folder_of(run_id)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["id2label"] = {"0": "pos", "1": "neg"}
+    (folder / "config.json").write_text(json.dumps(cfg))
+    result = _invoke("--model", "models:/sentiment-classifier@champion")
+    assert result.exit_code == 1
+    assert "does not match the registry tag" in result.output and "changed: config.json" in result.output
 
 
 def test_the_champion_is_served_by_name_and_version_and_tampering_refused(store, tmp_path,

@@ -105,6 +105,8 @@ class Tracking:
     experiment: str = MISSING
     registered_model: str = MISSING
     log_model: bool = MISSING
+    request_timeout_s: float = MISSING
+    request_retries: int = MISSING
 
 
 @dataclass
@@ -430,7 +432,9 @@ def _validate(cfg: DictConfig) -> None:
     _validate_train(cfg.train)
     _validate_model_and_data(cfg)
     _validate_serve(cfg.serve)
-    _check([(cfg.promote.alias.strip() != "", "promote.alias must not be empty")])
+    _check([(cfg.promote.alias.strip() != "", "promote.alias must not be empty"),
+            (0 < cfg.mlflow.request_timeout_s <= 600, "mlflow.request_timeout_s must be in (0, 600]"),
+            (0 <= cfg.mlflow.request_retries <= 10, "mlflow.request_retries must be in 0..10")])
     _validate_drift(cfg)
     _validate_vertex(cfg)
 

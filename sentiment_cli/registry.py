@@ -42,6 +42,19 @@ def _user_env(name: str) -> str | None:
     return None if not value or _written.get(name) == value else value
 
 
+def _bound_http(cfg: Config) -> None:
+    """MLflow's own HTTP defaults (7 retries, exponential back-off, 120 s timeouts) let a dead
+    tracking server stall a run for minutes without a word; sent's runs use the configured bounds,
+    unless the user set MLflow's variables. urllib3 logs each retry on stderr."""
+    m = cfg.mlflow
+    for name, value in (("MLFLOW_HTTP_REQUEST_TIMEOUT", m.request_timeout_s),
+                        ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", m.request_retries),
+                        ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", 1)):
+        if _user_env(name) is None:
+            os.environ[name] = str(int(value)) if float(value).is_integer() else str(value)
+            _written[name] = os.environ[name]
+
+
 def tracking_uri(cfg: Config) -> str:
     return _user_env("MLFLOW_TRACKING_URI") or cfg.mlflow.tracking_uri
 
@@ -56,6 +69,7 @@ def client(cfg: Config):
     import mlflow
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # no "Creating initial database tables" chatter
+    _bound_http(cfg)
     user = {name: _user_env(name) for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     uri = user["MLFLOW_TRACKING_URI"] or cfg.mlflow.tracking_uri
     registry_uri = user["MLFLOW_REGISTRY_URI"] or uri
@@ -155,8 +169,27 @@ def run(cfg: Config, run_id: str | None = None, run_name: str | None = None, tag
             active = mlflow.start_run(experiment_id=exp, run_name=run_name, tags=dict(tags or {}))
     except _mlflow_errors() as exc:
         raise RegistryError(f"cannot start MLflow run at {tracking_uri(cfg)}: {_first_line(exc)}") from None
-    with active:
+    try:
         yield active
+    except BaseException as exc:
+        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+        with contextlib.suppress(Exception):  # the tracking server may be what failed
+            mlflow.end_run(status)
+        raise
+    _tracked(lambda: mlflow.end_run("FINISHED"), "ending the run")
+
+
+def _tracked(call, what: str):
+    """call() against the tracking store; a failure (a dead server, after MLflow's bounded
+    retries) is one RegistryError line instead of a traceback."""
+    try:
+        return call()
+    except _mlflow_errors() as exc:
+        import mlflow
+
+        raise RegistryError(f"MLflow at {mlflow.get_tracking_uri()} failed while {what}: {_first_line(exc)} "
+                            "(is the tracking server up? a training run continues with "
+                            "`sent train --resume`)") from None
 
 
 def log_params(params: Mapping[str, Any]) -> None:
@@ -165,22 +198,24 @@ def log_params(params: Mapping[str, Any]) -> None:
     items = {k: str(v)[:6000] for k, v in params.items()}
     keys = list(items)
     for i in range(0, len(keys), 100):  # the server takes at most 100 params per batch
-        mlflow.log_params({k: items[k] for k in keys[i:i + 100]})
+        _tracked(lambda i=i: mlflow.log_params({k: items[k] for k in keys[i:i + 100]}), "logging params")
 
 
 def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
     import mlflow
 
-    mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+    _tracked(lambda: mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step),
+             "logging metrics")
 
 
 def log_artifact(path: str | Path, artifact_path: str | None = None, run_id: str | None = None) -> None:
     import mlflow
 
     if run_id:
-        mlflow.MlflowClient().log_artifact(run_id, str(path), artifact_path)
+        _tracked(lambda: mlflow.MlflowClient().log_artifact(run_id, str(path), artifact_path),
+                 f"uploading {Path(path).name}")
     else:
-        mlflow.log_artifact(str(path), artifact_path)
+        _tracked(lambda: mlflow.log_artifact(str(path), artifact_path), f"uploading {Path(path).name}")
 
 
 def log_model_folder(folder: str | Path, run_id: str | None = None) -> str:
@@ -201,8 +236,8 @@ def log_model_folder(folder: str | Path, run_id: str | None = None) -> str:
         for path in [*model_files(folder), Path(folder) / META_FILE]:
             if path.is_file():
                 shutil.copy2(path, Path(tmp) / path.name)
-        c.log_artifacts(rid, tmp, MODEL_ARTIFACT)
-    return f"{c.get_run(rid).info.artifact_uri}/{MODEL_ARTIFACT}"
+        _tracked(lambda: c.log_artifacts(rid, tmp, MODEL_ARTIFACT), "uploading the model")
+    return f"{_tracked(lambda: c.get_run(rid), 'reading the run').info.artifact_uri}/{MODEL_ARTIFACT}"
 
 
 def get_run(cfg: Config, run_id: str):
@@ -216,7 +251,7 @@ def get_run(cfg: Config, run_id: str):
 def set_run_tags(cfg: Config, run_id: str, tags: Mapping[str, str]) -> None:
     c = client(cfg)
     for k, v in tags.items():
-        c.set_tag(run_id, k, str(v))
+        _tracked(lambda k=k, v=v: c.set_tag(run_id, k, str(v)), f"tagging run {run_id}")
 
 
 def download(cfg: Config, uri: str, dst: str | Path | None = None) -> Path:

@@ -7,6 +7,7 @@ A test module binds the fixtures it uses to module names: `store = registry_fixt
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
@@ -164,10 +165,21 @@ def _free_port() -> int:
 @pytest.fixture
 def tracking_server(store, tmp_path, monkeypatch):
     """`mlflow server` with its own SQLite store, proxying artifacts to tmp_path/artifacts."""
-    port = _free_port()
     server_dir = tmp_path / "server"
     server_dir.mkdir()
     shutil.copyfile(store.root / "mlflow.db", server_dir / "backend.db")  # tables made already
+    proc, url = start_mlflow_server(server_dir)
+    try:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+        monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+        yield url, server_dir / "artifacts"
+    finally:
+        stop_mlflow_server(proc)
+
+
+def start_mlflow_server(server_dir: Path, port: int | None = None):
+    """A real `mlflow server` on 127.0.0.1 over server_dir/backend.db; (process, url) once healthy."""
+    port = port or _free_port()
     mlflow_cli = Path(sys.executable).with_name("mlflow")
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
     proc = subprocess.Popen(
@@ -177,22 +189,23 @@ def tracking_server(store, tmp_path, monkeypatch):
         cwd=server_dir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    try:
-        import requests
+    import requests
 
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if requests.get(f"{url}/health", timeout=1).ok:
-                    break
-            except requests.RequestException:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"mlflow server did not start (exit {proc.poll()})")
-            time.sleep(0.3)
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
-        monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
-        yield url, server_dir / "artifacts"
-    finally:
-        os.killpg(proc.pid, 15)  # the server and its uvicorn worker
-        proc.wait(20)
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            if requests.get(f"{url}/health", timeout=1).ok:
+                return proc, url
+        except requests.RequestException:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop_mlflow_server(proc)
+            pytest.fail(f"mlflow server did not start (exit {proc.poll()})")
+        time.sleep(0.3)
+
+
+def stop_mlflow_server(proc, sig: int = 15) -> None:
+    """The server and its uvicorn worker (its own process group)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)
+    proc.wait(20)

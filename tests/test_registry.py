@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -242,3 +243,48 @@ def test_promote_rollback_list_and_serve_through_a_tracking_server(store, tracki
     assert champion_state(cfg) == ("1", ["1"])
     assert promote_cli("--run-id", first).exit_code == 0  # already champion: nothing to change
     assert len(registry.search_versions(cfg, NAME)) == 3
+
+
+# ---------------------------------------------------------------- a tracking server that dies mid-run
+
+
+@pytest.mark.slow
+def test_training_stops_in_one_line_soon_after_its_tracking_server_dies(store, tmp_path):
+    """The choice: sent does not train on silently for a run nobody records. MLflow's retries are
+    bounded (mlflow.request_retries / request_timeout_s); then the run ends with one line that
+    says what to do, and the checkpoints written so far let `sent train --resume` continue."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    server_dir = tmp_path / "server"
+    server_dir.mkdir()
+    shutil.copyfile(store.root / "mlflow.db", server_dir / "backend.db")
+    proc, url = registry_fixtures.start_mlflow_server(server_dir)
+    work = tmp_path / "work"
+    work.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(MLFLOW_TRACKING_URI=url, MLFLOW_DISABLE_TELEMETRY="true", PYTHONUNBUFFERED="1")
+    sets = ["--set", "train.epochs=2", "--set", "train.log_every_steps=2", "--set", "train.checkpoint_every_steps=5"]
+    sent = [sys.executable, "-m", "sentiment_cli.cli"]
+    try:
+        subprocess.run([*sent, "fetch", "--profile", "tiny", "--set", "data.max_train_samples=3000"],
+                       cwd=work, env=env, check=True, capture_output=True, timeout=120)
+        train = subprocess.Popen([*sent, "train", "--profile", "tiny", *sets], cwd=work, env=env,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while not list((work / "checkpoints").glob("step-*/*")):  # training is under way
+            assert train.poll() is None and time.monotonic() < deadline, train.communicate()
+            time.sleep(0.2)
+    finally:
+        registry_fixtures.stop_mlflow_server(proc, signal.SIGKILL)
+    killed = time.monotonic()
+    out, err = train.communicate(timeout=300)
+    stopped_after = time.monotonic() - killed
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert train.returncode == 1, err[-2000:]
+    assert "Traceback" not in err and len(errors) == 1, err[-2000:]
+    assert url in errors[0] and "--resume" in errors[0]
+    assert stopped_after < 120, f"took {stopped_after:.0f} s to give up"
+    assert list((work / "checkpoints").glob("step-*")), "nothing to resume from"

@@ -3,6 +3,9 @@
 Layers, later wins: the packaged params.yaml (the embedded defaults) → ./params.yaml when the
 working directory has one (a DVC project) → profiles/NAME.yaml → --set key=value overrides.
 Every layer is validated against the schema: an unknown key or a wrong type is a ConfigError.
+
+Longer than 400 lines because the schema and every check of its values live together: when a
+value is refused, this is the one file that says why.
 """
 
 from __future__ import annotations

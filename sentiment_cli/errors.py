@@ -19,6 +19,10 @@ class UsageError(SentError):
     exit_code = 2
 
 
+class ModelError(SentError, RuntimeError):
+    """A model cannot be built, loaded or verified; the message is one line."""
+
+
 def first_line(exc: BaseException) -> str:
     """The first non-empty line of an exception's message, or its type's name."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]

@@ -12,21 +12,29 @@ Untrusted folders: never trust_remote_code, never pickled weights (.bin), clear 
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sentiment_cli.errors import SentError
+from sentiment_cli.errors import ModelError
 from sentiment_cli.errors import first_line as _first_line
 from sentiment_cli.files import replaced_dir, write_json_atomic
+
+# The content hash lives in integrity.py; model.X names stay valid for the readers that use them.
+from sentiment_cli.integrity import (  # noqa: F401
+    META_FILE,
+    file_manifest,
+    legacy_weights_sha256,
+    model_files,
+    verify_weights,
+    weights_sha256,
+)
 
 if TYPE_CHECKING:
     from sentiment_cli.config import Config
 
-META_FILE = "sent.json"
 # How `sent serve` cuts its batches on a CPU (and `sent eval` when it measures a variant, so the
 # numbers it records are those of the served model; dynamic int8 depends on what shares a pass):
 # torch sorts a batch by length and runs chunks of 8, past which a pass is no faster per text and
@@ -34,10 +42,6 @@ META_FILE = "sent.json"
 # (docs/performance.md, Serving).
 CPU_CHUNK = 8
 ONNX_CHUNK = 1
-
-
-class ModelError(SentError, RuntimeError):
-    """A model cannot be built or loaded; the message is one line."""
 
 
 def quiet_transformers() -> None:
@@ -199,91 +203,6 @@ def save(folder: str | Path, model, tokenizer, meta: dict[str, Any]) -> Path:
         write_json_atomic(tmp / META_FILE, {**meta, "weights_sha256": weights_sha256(tmp),
                                             "files": file_manifest(tmp)})
     return Path(folder)
-
-
-# Files that never decide a prediction: sent's own record, pickles sent never loads, notes.
-NOT_LOADED = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.pickle", "*.h5", "*.msgpack", "*.onnx",
-              "*.md", "*.txt.lock", ".gitattributes")
-
-
-def model_files(folder: str | Path) -> list[Path]:
-    """The files that decide what a model folder predicts, in name order: the weights, config.json
-    (id2label!), the tokenizer's files, and any other top-level file but sent.json and NOT_LOADED."""
-    out = []
-    for path in sorted(Path(folder).iterdir(), key=lambda p: p.name):
-        if not path.is_file() or path.name == META_FILE or any(path.match(g) for g in NOT_LOADED):
-            continue
-        out.append(path)
-    return out
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def file_manifest(folder: str | Path) -> dict[str, str]:
-    """name → sha256 of each file in model_files: says which file changed when the hash differs."""
-    return {path.name: _file_sha256(path) for path in model_files(folder)}
-
-
-def weights_sha256(folder: str | Path) -> str:
-    """The content hash of a model folder: one sha256 over the name and sha256 of every file that
-    decides a prediction (model_files). Swapping id2label in config.json or editing the tokenizer
-    changes it as surely as a flipped weight does. (The name is kept from when it covered only
-    the .safetensors files; registry tags and sent.json carry it under that name.)"""
-    if not list(Path(folder).glob("*.safetensors")):
-        raise ModelError(f"{folder} has no .safetensors weights")
-    digest = hashlib.sha256()
-    for name, sha in file_manifest(folder).items():
-        digest.update(f"{name}\0{sha}\n".encode())
-    return digest.hexdigest()
-
-
-def legacy_weights_sha256(folder: str | Path) -> str:
-    """The hash versions registered before content hashing carry: the .safetensors files only."""
-    digest = hashlib.sha256()
-    for path in sorted(Path(folder).glob("*.safetensors")):
-        digest.update(path.name.encode())
-        with path.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _changed_files(folder: Path) -> str:
-    recorded = read_meta(folder).get("files")
-    if not isinstance(recorded, dict):
-        return ""
-    now = file_manifest(folder)
-    changed = sorted(n for n in set(recorded) | set(now) if recorded.get(n) != now.get(n))
-    return f" (changed: {', '.join(changed)})" if changed else ""
-
-
-def verify_weights(folder: str | Path, expected: str | None, against: str, *,
-                   error: type[SentError] = ModelError, action: str = "refusing to serve") -> str:
-    """The folder's content hash, after checking it equals `expected` (what `against` recorded).
-
-    Raises `error` (one line naming both hashes and, when sent.json lists them, the files that
-    changed) on a mismatch; an empty `expected` checks nothing. A version registered before
-    content hashing matches on its weights alone, with a warning that nothing else was checked.
-    """
-    folder = Path(folder)
-    actual = weights_sha256(folder)
-    if expected and actual != expected:
-        if legacy_weights_sha256(folder) == expected:
-            import sys
-
-            print(f"warning: {against} predates content hashing: only {folder}'s .safetensors are "
-                  "verified, not config.json or the tokenizer (register it again to cover them)",
-                  file=sys.stderr)
-            return actual
-        raise error(f"{folder}: content sha256 {actual[:12]}… does not match {against} "
-                    f"({str(expected)[:12]}…){_changed_files(folder)}; {action}")
-    return actual
 
 
 def load(folder: str | Path):

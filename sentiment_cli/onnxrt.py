@@ -37,6 +37,7 @@ from typing import Any
 
 from sentiment_cli import model as model_mod
 from sentiment_cli.files import replaced_dir, write_json_atomic
+from sentiment_cli.integrity import file_sha256
 from sentiment_cli.model import ModelError, Predictor
 
 log = logging.getLogger(__name__)
@@ -90,14 +91,6 @@ def _versions() -> dict[str, str]:
             "transformers": transformers.__version__}
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def cache_dir(folder: Path, cache: str | None = None) -> Path:
     """Where the export of this folder's weights lives: a key over weights and versions."""
     key = json.dumps({"weights": model_mod.weights_sha256(folder), "format": FORMAT,
@@ -119,7 +112,7 @@ def _verified(out: Path, name: str) -> Path | None:
     if manifest is None or name not in manifest.get("files", {}):
         return None
     path = out / name
-    if not path.is_file() or _sha256(path) != manifest["files"][name]:
+    if not path.is_file() or file_sha256(path) != manifest["files"][name]:
         raise ModelError(f"{path} does not match its manifest (changed or half written); "
                          f"delete {out} and it is rebuilt")
     return path
@@ -185,7 +178,7 @@ def _export_all(folder: Path, out: Path) -> None:
             "source": str(folder), "weights_sha256": model_mod.weights_sha256(folder),
             "inputs": input_names, "opset": OPSET, "format": FORMAT, "versions": _versions(),
             "max_prob_diff_fp32": worst, "last_layer_first_token_only": first_token_only,
-            "files": {n: _sha256(tmp / n) for n in ("model.onnx", "model.int8.onnx")},
+            "files": {n: file_sha256(tmp / n) for n in ("model.onnx", "model.int8.onnx")},
         })
     print(f"exported in {time.perf_counter() - start:.0f} s: fp32 within {worst:.1e} of torch in probability, "
           f"last layer {'trimmed to the first token' if first_token_only else 'whole'}", file=sys.stderr, flush=True)

@@ -11,6 +11,9 @@ buffer reaches `rotate_bytes`, every `flush_seconds`, and on close.
 
 Writing happens on a background thread fed by a queue: `PredictionLog.write` never waits for disk
 or network. `close()` drains the queue, so a server that shuts down cleanly loses nothing.
+
+Longer than 400 lines because the writer and the reader of one format belong together: they
+cannot disagree about names, ordering or what a torn line is.
 """
 
 from __future__ import annotations

@@ -92,26 +92,28 @@ async def _unless_client_leaves(request: Any, work: Any) -> Any:
     raise ClientLeft
 
 
+def _operation_with_body(body_schema: dict[str, Any]) -> type:
+    """Litestar documents no body for a handler that reads it itself; this operation adds it."""
+    from litestar.openapi.spec import Operation
+
+    @dataclass
+    class PredictOperation(Operation):
+        def to_schema(self) -> dict[str, Any]:
+            out = super().to_schema()
+            out["requestBody"] = {"required": True, "content": {"application/json": {"schema": body_schema}}}
+            return out
+
+    return PredictOperation
+
+
 def _predict_route(cfg: Config, service: Service):
     """POST /predict: decode and check the body, wait for the model, answer its predictions."""
     from litestar import Request, post
     from litestar.exceptions import HTTPException
-    from litestar.openapi.spec import Operation
 
     s, m = cfg.serve, service.metrics
     req_type = request_type(s.max_texts, s.max_text_chars)
-    body_schema = request_schema(req_type)
     decoder = msgspec.json.Decoder(req_type)
-
-    @dataclass
-    class PredictOperation(Operation):
-        """Litestar documents no body for a handler that reads it itself; this adds it."""
-
-        def to_schema(self) -> dict[str, Any]:
-            out = super().to_schema()
-            out["requestBody"] = {"required": True, "content": {"application/json": {
-                "schema": body_schema}}}
-            return out
 
     def reject(status: int, reason: str, detail: str) -> HTTPException:
         m.rejected.labels(reason).inc()
@@ -141,7 +143,8 @@ def _predict_route(cfg: Config, service: Service):
             raise reject(422, "invalid", 'send exactly one of "text" (a string) or "texts" (a list)')
         return list(data.texts) if data.texts is not msgspec.UNSET else [data.text]
 
-    @post("/predict", status_code=200, operation_class=PredictOperation, responses=_error_specs(cfg),
+    @post("/predict", status_code=200, operation_class=_operation_with_body(request_schema(req_type)),
+          responses=_error_specs(cfg),
           request_max_body_size=s.max_body_bytes, summary="Classify one or more reviews",
           operation_id="predict")
     async def predict(request: Request) -> PredictResponse:

@@ -314,6 +314,8 @@ def main() -> int:
     ap.add_argument("--grid-windows", type=int, default=100)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument("--speed-only", action="store_true",
+                    help="only the speed measurements, added to the --out file of an earlier run")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "drift-cpu.json")
     ap.add_argument("--work", type=Path, default=None)
     args = ap.parse_args()
@@ -335,6 +337,13 @@ def main() -> int:
     monitor = Monitor(cfg, "models/candidate")
     ev = json.loads((work / "metrics" / "eval.json").read_text())
     bench = Bench(work, monitor, cfg)
+    if args.speed_only:
+        out = json.loads(args.out.read_text())
+        out["speed"] = speed(bench, rest, args.repeats)
+        out["speed"]["command"] = "python benchmarks/bench_drift.py " + " ".join(sys.argv[1:])
+        args.out.write_text(json.dumps(out, indent=2) + "\n")
+        print(f"→ {args.out}")
+        return 0
     rng = random.Random(SEED)
     labels = np.array(rest_labels)
     t = time.perf_counter()

@@ -6,7 +6,10 @@ does the same arithmetic on every other setup.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sentiment_cli.config import Config
 
 
 class GraphedStep:
@@ -91,7 +94,7 @@ class GraphedStep:
         return loss
 
 
-def graphs_usable(cfg, accelerator) -> str | None:
+def graphs_usable(cfg: Config, accelerator) -> str | None:
     """Why CUDA graphs cannot be used here, or None when they can."""
     t = cfg.train
     reasons = [

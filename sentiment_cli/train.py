@@ -27,11 +27,15 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sentiment_cli import __version__, batches, checkpoints, config, data, files, launch, metrics, model, registry
 from sentiment_cli.checkpoints import State, StopRequest
 from sentiment_cli.cudagraph import GraphedStep, graphs_usable
 from sentiment_cli.errors import SentError, UsageError
+
+if TYPE_CHECKING:
+    from sentiment_cli.config import Config
 
 log = logging.getLogger(__name__)
 EXIT_SIGTERM = 143  # 128 + SIGTERM, what a supervisor expects from a process stopped by it
@@ -129,7 +133,7 @@ class Progress:
 # ---------------------------------------------------------------- the recipe
 
 
-def run(cfg, resume: bool | str = False) -> Path:
+def run(cfg: Config, resume: bool | str = False) -> Path:
     """Train; returns the model folder written.
 
     resume: True continues from the newest complete checkpoint (and fails without one); "auto"
@@ -180,7 +184,7 @@ def run(cfg, resume: bool | str = False) -> Path:
             run_ctx.__exit__(*sys.exc_info())
 
 
-def _accelerator(cfg):
+def _accelerator(cfg: Config):
     import torch
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration
@@ -216,7 +220,7 @@ def _resume_or_start(accelerator, ckpt_root: Path, resume: bool | str) -> bool:
     return bool(resume)
 
 
-def _tokenizer_and_model(cfg, accelerator, ckpt_root: Path, labels: list[str], splits, resume: bool):
+def _tokenizer_and_model(cfg: Config, accelerator, ckpt_root: Path, labels: list[str], splits, resume: bool):
     saved_tok = ckpt_root / "tokenizer"
     tokenizer = None
     if resume:  # written before the first checkpoint, so complete whenever one is
@@ -230,7 +234,7 @@ def _tokenizer_and_model(cfg, accelerator, ckpt_root: Path, labels: list[str], s
     return tokenizer, net
 
 
-def _use_graphs(cfg, accelerator) -> bool:
+def _use_graphs(cfg: Config, accelerator) -> bool:
     t = cfg.train
     no_graphs = graphs_usable(cfg, accelerator) if t.cuda_graphs else "train.cuda_graphs is off"
     if t.cuda_graphs and no_graphs and accelerator.is_main_process:
@@ -238,7 +242,7 @@ def _use_graphs(cfg, accelerator) -> bool:
     return no_graphs is None
 
 
-def _loaders(cfg, tokenizer, splits, use_graphs: bool):
+def _loaders(cfg: Config, tokenizer, splits, use_graphs: bool):
     t = cfg.train
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     train_ds, val_ds = (batches.EncodedDataset(tokenizer, splits[s]["text"], splits[s]["label"],
@@ -250,7 +254,7 @@ def _loaders(cfg, tokenizer, splits, use_graphs: bool):
     return train_dl, val_dl
 
 
-def _prepare(cfg, accelerator, net, train_dl, val_dl, use_graphs: bool):
+def _prepare(cfg: Config, accelerator, net, train_dl, val_dl, use_graphs: bool):
     """Optimizer and schedule, then accelerator.prepare (and, on one GPU, the graphed step)."""
     import torch
 
@@ -276,7 +280,7 @@ def _prepare(cfg, accelerator, net, train_dl, val_dl, use_graphs: bool):
     return net, optimizer, scheduler, train_dl, val_dl, graphed, total_steps
 
 
-def _loop(cfg, accelerator, net, optimizer, scheduler, train_dl, val_dl, sampler, labels, state: State,
+def _loop(cfg: Config, accelerator, net, optimizer, scheduler, train_dl, val_dl, sampler, labels, state: State,
           total_steps: int, ckpt_root: Path, graphed: GraphedStep | None, tracking: bool,
           stop: StopRequest) -> State:
     import torch
@@ -350,7 +354,7 @@ def _log_step(accelerator, scheduler, state: State, mean_loss, tick: float, trac
     progress.update(state.global_step, f"epoch {state.epoch + 1} loss {loss_value:.4f} {speed:,.0f} samples/s")
 
 
-def _end_epoch(cfg, accelerator, net, val_dl, labels, state: State, ckpt_root: Path, tracking: bool,
+def _end_epoch(cfg: Config, accelerator, net, val_dl, labels, state: State, ckpt_root: Path, tracking: bool,
                progress: Progress) -> bool:
     """Validate, keep the best weights, checkpoint; True when early stopping ends training."""
     t = cfg.train
@@ -401,7 +405,7 @@ def _same_tokenizer_everywhere(accelerator, tokenizer) -> None:
         raise RuntimeError(f"the processes built {len(digests)} different tokenizers")
 
 
-def _finish(cfg, accelerator, tokenizer, labels, state: State, data_meta: dict, resolved: dict) -> Path:
+def _finish(cfg: Config, accelerator, tokenizer, labels, state: State, data_meta: dict, resolved: dict) -> Path:
     """Write the best model as paths.model_dir with everything downstream needs to know."""
     out = Path(launch.fuse_path(cfg.paths.model_dir))
     accelerator.wait_for_everyone()

@@ -19,11 +19,14 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from sentiment_cli import config
 from sentiment_cli.errors import SentError, UsageError, first_line
+
+if TYPE_CHECKING:
+    from sentiment_cli.config import Config
 
 # Compute capability of each Vertex AI GPU (aiplatform_v1.AcceleratorType names).
 GPU_CAPABILITY = {
@@ -53,7 +56,7 @@ class JobSpecError(UsageError):
 LOCAL_STORES = ("", "file", "sqlite")  # a store on the submitting machine: the job cannot reach it
 
 
-def _tracking_uri(cfg, env: Mapping[str, str]) -> str | None:
+def _tracking_uri(cfg: Config, env: Mapping[str, str]) -> str | None:
     """The job's MLFLOW_TRACKING_URI: vertex.tracking_uri, else the submitter's if it is a server."""
     uri = cfg.vertex.tracking_uri
     if not uri:
@@ -67,7 +70,7 @@ def _tracking_uri(cfg, env: Mapping[str, str]) -> str | None:
     return uri
 
 
-def output_dir(cfg, now: datetime) -> str:
+def output_dir(cfg: Config, now: datetime) -> str:
     v = cfg.vertex
     if v.base_output_dir:
         return v.base_output_dir.rstrip("/")
@@ -77,12 +80,12 @@ def output_dir(cfg, now: datetime) -> str:
     return f"{v.staging_bucket.rstrip('/')}/sent-jobs/{v.display_name}-{now.strftime('%Y%m%d-%H%M%S')}"
 
 
-def train_args(cfg, train_sets: Sequence[str]) -> list[str]:
+def train_args(cfg: Config, train_sets: Sequence[str]) -> list[str]:
     """What the container runs after `sent train`: the job's profile and the forwarded --set items."""
     return ["--launch", "auto", "--profile", cfg.vertex.profile, *[a for s in train_sets for a in ("--set", s)]]
 
 
-def job_dict(cfg, train_sets: Sequence[str], env: Mapping[str, str] | None = None,
+def job_dict(cfg: Config, train_sets: Sequence[str], env: Mapping[str, str] | None = None,
              now: datetime | None = None) -> dict[str, Any]:
     """The CustomJob as the plain dict that aiplatform_v1.CustomJob(...) takes."""
     env = os.environ if env is None else env
@@ -141,7 +144,7 @@ def validate(job: dict[str, Any]):
     return message
 
 
-def check_accelerator(cfg) -> None:
+def check_accelerator(cfg: Config) -> None:
     """Refuse a GPU the image's torch cannot run (it would fail only after the machine started)."""
     v = cfg.vertex
     if not v.accelerator_type:
@@ -157,13 +160,13 @@ def check_accelerator(cfg) -> None:
                            "with --build-arg TORCH_CUDA=cu126 and set vertex.image_cuda=cu126")
 
 
-def check_train_sets(cfg, train_sets: Sequence[str]) -> None:
+def check_train_sets(cfg: Config, train_sets: Sequence[str]) -> None:
     """The job's `sent train` loads vertex.profile with these overrides: catch a bad key here, not
     after a GPU machine has started."""
     config.load(cfg.vertex.profile, list(train_sets))
 
 
-def build(cfg, train_sets: Sequence[str], env: Mapping[str, str] | None = None,
+def build(cfg: Config, train_sets: Sequence[str], env: Mapping[str, str] | None = None,
           now: datetime | None = None) -> tuple[dict[str, Any], Any]:
     """The job dict and its validated aiplatform_v1.CustomJob message."""
     check_train_sets(cfg, train_sets)
@@ -176,7 +179,7 @@ def build(cfg, train_sets: Sequence[str], env: Mapping[str, str] | None = None,
 # ---------------------------------------------------------------------------------- submitting
 
 
-def _project(cfg, env: Mapping[str, str]) -> str:
+def _project(cfg: Config, env: Mapping[str, str]) -> str:
     project = cfg.vertex.project or env.get("GOOGLE_CLOUD_PROJECT")
     if not project:
         raise VertexError("set vertex.project (or GOOGLE_CLOUD_PROJECT): the Google Cloud project to run the job in")
@@ -237,7 +240,7 @@ def follow(jobs, name: str, poll_s: float = 30.0, echo=print) -> str:
         time.sleep(poll_s)
 
 
-def run(cfg, train_sets: Sequence[str] = (), dry_run: bool = False, wait: bool = False,
+def run(cfg: Config, train_sets: Sequence[str] = (), dry_run: bool = False, wait: bool = False,
         env: Mapping[str, str] | None = None, poll_s: float = 30.0) -> str:
     """Dry run: print the job JSON (only that, on stdout). Otherwise submit it; returns the job's
     resource name (and, with wait, only once it succeeded)."""

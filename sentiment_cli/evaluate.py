@@ -16,12 +16,16 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from sentiment_cli import artifacts, data, metrics, model, registry, textstats
 from sentiment_cli.model import ModelError
+
+if TYPE_CHECKING:
+    from sentiment_cli.config import Config
 
 log = logging.getLogger(__name__)
 HIST_BINS = 20
@@ -52,7 +56,7 @@ def reference_stats(texts: list[str], probs: np.ndarray, labels: list[str], toke
     }
 
 
-def write_drift_reference(cfg, predictor, texts: list[str], probs: np.ndarray, token_lengths: np.ndarray,
+def write_drift_reference(cfg: Config, predictor, texts: list[str], probs: np.ndarray, token_lengths: np.ndarray,
                           split: str, sha: str, folder: Path) -> Path:
     """The drift reference of these weights: summaries of the whole held-out split, plus a bounded,
     seeded sample of its texts with the model's probabilities, token lengths and sentence
@@ -82,7 +86,7 @@ def write_drift_reference(cfg, predictor, texts: list[str], probs: np.ndarray, t
     return artifacts.write_reference(cfg, reference, arrays=arrays)
 
 
-def compare_variant(cfg, folder: Path, name: str, texts: list[str], gold: np.ndarray,
+def compare_variant(cfg: Config, folder: Path, name: str, texts: list[str], gold: np.ndarray,
                     reference: np.ndarray) -> dict:
     """Accuracy of a faster variant (torch-int8, onnx-fp32, onnx-int8) beside the fp32 model's."""
     from sentiment_cli import onnxrt
@@ -127,7 +131,7 @@ def _confusion_plot(cm: np.ndarray, labels: list[str], path: Path, title: str) -
     plt.close(fig)
 
 
-def run(cfg, model_dir: Path | None = None, split: str = "test") -> Path:
+def run(cfg: Config, model_dir: Path | None = None, split: str = "test") -> Path:
     """Evaluate; returns the path of eval.json."""
     folder = Path(model_dir or cfg.paths.model_dir)
     if split not in data.SPLITS:
@@ -197,7 +201,7 @@ def run(cfg, model_dir: Path | None = None, split: str = "test") -> Path:
     return out
 
 
-def _log_to_mlflow(cfg, result: dict, split: str, files: list[Path]) -> None:
+def _log_to_mlflow(cfg: Config, result: dict, split: str, files: list[Path]) -> None:
     run_id = result.get("mlflow_run_id")
     if not cfg.mlflow.enabled:
         return

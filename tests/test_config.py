@@ -118,22 +118,25 @@ def test_unknown_keys_never_pass_silently(tmp_path_factory, key):
 # ---------------------------------------------------------------- values that used to crash, hang or mislead
 
 
-@pytest.mark.parametrize(("override", "fragment"), [
-    ("train.max_steps=0", "train.max_steps must be -1"),
-    ("model.max_length=100000000", "model.max_length must be in 8..32768"),
-    ("model.name=${oc.env:HOME}", "interpolations"),
-    ("train.lr=${nosuch.key}", "interpolations"),
-    ("train.lr=${train.lr}", "interpolations"),
-    ("model.scratch.num_heads=3", "must divide model.scratch.hidden_size"),
-    ("eval.batch_size=0", "eval.batch_size must be >= 1"),
-    ("train.lr=inf", "positive finite number"),
-    ("train.lr=nan", "positive finite number"),
-    ("train.epochs=1e23", "train.epochs"),
-    ("train.epochs=100000", "train.epochs must be in 1..10000"),
-    ("model.scratch.vocab_size=0", "model.scratch.vocab_size must be at least 16"),
-    ("serve.max_queued_texts=1", "serve.max_queued_texts must be at least serve.max_texts"),
-    ("serve.shutdown_budget_s=0", "serve.shutdown_budget_s"),
-])
+@pytest.mark.parametrize(
+    ("override", "fragment"),
+    [
+        ("train.max_steps=0", "train.max_steps must be -1"),
+        ("model.max_length=100000000", "model.max_length must be in 8..32768"),
+        ("model.name=${oc.env:HOME}", "interpolations"),
+        ("train.lr=${nosuch.key}", "interpolations"),
+        ("train.lr=${train.lr}", "interpolations"),
+        ("model.scratch.num_heads=3", "must divide model.scratch.hidden_size"),
+        ("eval.batch_size=0", "eval.batch_size must be >= 1"),
+        ("train.lr=inf", "positive finite number"),
+        ("train.lr=nan", "positive finite number"),
+        ("train.epochs=1e23", "train.epochs"),
+        ("train.epochs=100000", "train.epochs must be in 1..10000"),
+        ("model.scratch.vocab_size=0", "model.scratch.vocab_size must be at least 16"),
+        ("serve.max_queued_texts=1", "serve.max_queued_texts must be at least serve.max_texts"),
+        ("serve.shutdown_budget_s=0", "serve.shutdown_budget_s"),
+    ],
+)
 def test_out_of_range_and_interpolated_values_are_one_line_errors(tmp_path, override, fragment):
     with pytest.raises(ConfigError) as info:
         config.load("tiny", [override], root=tmp_path)

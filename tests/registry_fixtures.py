@@ -11,7 +11,6 @@ import contextlib
 import itertools
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from sentiment_cli.servers import free_port
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -156,12 +157,6 @@ def champion_state(cfg, name: str = NAME, alias: str = "champion") -> tuple[str 
     return (None if champion is None else str(champion)), [str(v) for v in json.loads(raw or "[]")]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def tracking_server(store, tmp_path, monkeypatch):
     """`mlflow server` with its own SQLite store, proxying artifacts to tmp_path/artifacts."""
@@ -179,7 +174,7 @@ def tracking_server(store, tmp_path, monkeypatch):
 
 def start_mlflow_server(server_dir: Path, port: int | None = None):
     """A real `mlflow server` on 127.0.0.1 over server_dir/backend.db; (process, url) once healthy."""
-    port = port or _free_port()
+    port = port or free_port()
     mlflow_cli = Path(sys.executable).with_name("mlflow")
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
     proc = subprocess.Popen(

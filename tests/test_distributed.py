@@ -13,7 +13,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ import pytest
 from safetensors.torch import load_file
 
 from sentiment_cli import model
+from sentiment_cli.servers import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -43,12 +43,6 @@ def _env(root: Path, **extra: str) -> dict:
                         "AIP_CHECKPOINT_DIR", "AIP_MODEL_DIR", "SENT_PROCESSES_PER_MACHINE")}
     return {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}", "OMP_NUM_THREADS": "1",
             "TOKENIZERS_PARALLELISM": "false", **extra}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _start(argv: list[str], cwd: Path, env: dict) -> subprocess.Popen:
@@ -118,7 +112,7 @@ def test_two_processes_through_accelerate_launch(tmp_path, single):
     # --multi_gpu selects Accelerate's torchrun launcher; without CUDA the processes use gloo
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-              "--main_process_port", str(_free_port()), "-m", "sentiment_cli.cli", "train",
+              "--main_process_port", str(free_port()), "-m", "sentiment_cli.cli", "train",
               *_args(GLOBAL_BATCH // 2)]
     out = _finish(_start(launch, d, _env(d)))
     accuracy = _check_one_writer(d, out, processes=2)
@@ -139,7 +133,7 @@ def _cluster_spec(port: int, kind: str) -> str:
 def test_two_machines_from_a_cluster_spec(tmp_path, single):
     """Two `sent train --launch auto`, as Vertex AI starts one per replica; 127.0.0.1 only."""
     d = _workdir(tmp_path, "nodes")
-    port = _free_port()
+    port = free_port()
     procs = [_start(_sent("train", "--launch", "auto", *_args(GLOBAL_BATCH // 2)), d,
                     _env(d, CLUSTER_SPEC=_cluster_spec(port, kind)))
              for kind in ("workerpool0", "workerpool1")]

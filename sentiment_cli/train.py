@@ -47,6 +47,17 @@ class Stopped(SentError):
     exit_code = EXIT_SIGTERM
 
 
+class Diverged(SentError):
+    """The loss is no longer a finite number: nothing after this step is worth training or saving."""
+
+
+def _check_finite(value: float, what: str, state: State) -> None:
+    if not math.isfinite(value):
+        raise Diverged(f"{what} is {value} at step {state.global_step} (epoch {state.epoch + 1}): training "
+                       "diverged and stopped, no model written; lower train.lr or check the data "
+                       "(the last complete checkpoint stays in paths.checkpoint_dir)")
+
+
 # ---------------------------------------------------------------- pieces of the recipe
 
 
@@ -345,6 +356,7 @@ def _loop(cfg: Config, accelerator, net, optimizer, scheduler, train_dl, val_dl,
 def _log_step(accelerator, scheduler, state: State, mean_loss, tick: float, tracking: bool,
               progress: Progress) -> None:
     loss_value = accelerator.reduce(mean_loss, "mean").item()
+    _check_finite(loss_value, "the training loss", state)  # every process sees the same mean
     lr = scheduler.get_last_lr()[0]
     elapsed = state.train_seconds + time.perf_counter() - tick
     speed = state.samples_seen / elapsed if elapsed > 0 else 0.0
@@ -359,6 +371,7 @@ def _end_epoch(cfg: Config, accelerator, net, val_dl, labels, state: State, ckpt
     """Validate, keep the best weights, checkpoint; True when early stopping ends training."""
     t = cfg.train
     scores = validate(accelerator, net, val_dl, labels)
+    _check_finite(scores["val_loss"], "the validation loss", state)
     state.history.append({"epoch": state.epoch + 1, **scores})
     improved = scores["val_accuracy"] > state.best_score
     if tracking:

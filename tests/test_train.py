@@ -299,3 +299,17 @@ def test_on_cloud_storage_fuse_the_model_folder_is_copied_in_with_sent_json_last
     assert copied[-1] == "sent.json" and "model.safetensors" in copied
     assert model.read_meta(out)["weights_sha256"] == model.weights_sha256(out)
     assert not list(tmp_path.glob(".gcs-model*"))  # nothing was built beside it
+
+
+def test_a_run_whose_loss_stops_being_finite_ends_in_one_line_and_writes_no_model(workdir):
+    """train.lr=inf is refused by the configuration; a finite but absurd rate diverges at run time."""
+    runner = CliRunner()
+    sets = [a for s in [*FAST, "train.log_every_steps=1", "train.max_steps=30", "train.lr=1e12",
+                        "train.warmup_ratio=0", "mlflow.enabled=false"] for a in ("--set", s)]
+    assert runner.invoke(app, ["fetch", "--profile", "tiny", *sets]).exit_code == 0
+    result = runner.invoke(app, ["train", "--profile", "tiny", *sets])
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert result.exit_code == 1, result.output
+    assert len(errors) == 1 and "diverged" in errors[0] and "train.lr" in errors[0], result.output
+    assert "Traceback" not in result.output
+    assert not (workdir / "models" / "candidate").exists()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -62,15 +63,10 @@ class Gauges:
         self.runs.labels(doc["status"].replace(" ", "_")).inc()
 
 
-_gauges: Gauges | None = None
-
-
+@functools.cache
 def gauges() -> Gauges:
     """One set per process: prometheus_client's registry is global, tests build many apps."""
-    global _gauges
-    if _gauges is None:
-        _gauges = Gauges()
-    return _gauges
+    return Gauges()
 
 
 class DriftService:

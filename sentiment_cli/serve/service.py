@@ -67,15 +67,10 @@ class Metrics:
                                 ["name", "version", "variant"], multiprocess_mode="livemax")
 
 
-_metrics: Metrics | None = None
-
-
+@functools.cache
 def metrics() -> Metrics:
     """One set per process: prometheus_client's registry is global, tests build many apps."""
-    global _metrics
-    if _metrics is None:
-        _metrics = Metrics()
-    return _metrics
+    return Metrics()
 
 
 

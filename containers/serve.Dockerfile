@@ -6,9 +6,7 @@
 # No model inside: the container loads serve.model (default models:/sentiment-classifier@champion)
 # from the MLflow registry at MLFLOW_TRACKING_URI, or a folder given with --set serve.model=...
 
-ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
-
-FROM ${PYTHON_IMAGE} AS builder
+FROM python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d AS builder
 # Keep in step with the torch pin in requirements/lock.txt (tests/test_infra.py checks it).
 ARG TORCH_VERSION=2.13.0
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -33,7 +31,7 @@ COPY sentiment_cli/ sentiment_cli/
 RUN pip install --no-cache-dir --no-deps .
 
 
-FROM ${PYTHON_IMAGE}
+FROM python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d
 LABEL org.opencontainers.image.title="sent-serve" \
       org.opencontainers.image.description="sent serve on the CPU (Cloud Run)"
 ENV PATH=/opt/venv/bin:$PATH \

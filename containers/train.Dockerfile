@@ -10,9 +10,7 @@
 # cu130 (torch 2.13's default) runs on compute capability 7.5 and newer (T4, L4, A100, H100, ...),
 # driver 580+; cu126 also runs on V100 and P100. The image says which it holds in a label.
 
-ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
-
-FROM ${PYTHON_IMAGE} AS builder
+FROM python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d AS builder
 # Keep in step with the torch pin in requirements/lock.txt (tests/test_infra.py checks it).
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_CUDA=cu130
@@ -46,7 +44,7 @@ COPY sentiment_cli/ sentiment_cli/
 RUN pip install --no-cache-dir --no-deps .
 
 
-FROM ${PYTHON_IMAGE}
+FROM python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d
 ARG TORCH_CUDA=cu130
 LABEL org.opencontainers.image.title="sent-train" \
       org.opencontainers.image.description="sent train on CUDA GPUs (Vertex AI custom jobs)" \

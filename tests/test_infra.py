@@ -438,7 +438,20 @@ def test_docker_images_run_as_non_root_from_pinned_bases(dockerfile: Path) -> No
             stage_names = {x.split()[-1] for o, x in ops if o == "FROM" and " AS " in x.upper()}
             if image in stage_names:
                 continue
-            assert re.search(r":\d+\.\d+\.\d+", image) or "@sha256:" in image, f"unpinned {image}"
+            # a version tag for the reader and Dependabot, a digest for what is built: a tag moves
+            assert re.search(r":\d+\.\d+\.\d+[^@]*@sha256:[0-9a-f]{64}$", image), f"unpinned {image}"
+
+
+def test_base_images_are_literal_and_shared() -> None:
+    """Dependabot reads FROM lines, not ARG defaults (an image in an ARG is never updated), and
+    all images build from one base, so one update moves all of them."""
+    bases = set()
+    for dockerfile in DOCKERFILES:
+        for op, args in _instructions(dockerfile):
+            if op == "FROM":
+                assert not args.startswith("$"), f"{dockerfile.name}: FROM {args}: name the image itself"
+                bases.add(args.split()[0])
+    assert len(bases) == 1, f"the Dockerfiles build from different bases: {sorted(bases)}"
 
 
 def test_package_data_ships_every_resource() -> None:
@@ -683,6 +696,29 @@ def test_train_image_leaves_out_only_what_training_does_not_import() -> None:
     left_out = {name.replace("-", "_") for name in serve_only}
     assert not imported & left_out, f"the training image needs {sorted(imported & left_out)}"
     assert "optional-dependencies']['gcs']" in TRAIN_DOCKERFILE.read_text()  # gs:// paths, google-auth for secrets
+
+
+DRIFT_DOCKERFILE = ROOT / "containers" / "drift.Dockerfile"
+
+
+def test_drift_image_carries_cpu_torch_and_leaves_out_only_what_drift_does_not_import() -> None:
+    """`sent drift` and `sent drift --serve` run the model on the CPU: the CPU build of torch,
+    and every dependency they can reach (TRAIN_ONLY names those they cannot)."""
+    import tomllib
+
+    text = DRIFT_DOCKERFILE.read_text()
+    args = dict(a.split("=", 1) for op, a in _instructions(DRIFT_DOCKERFILE) if op == "ARG" and "=" in a)
+    train_only = set(args["TRAIN_ONLY"].strip('"').split())
+    deps = {re.split(r"[<>=!~\[; ]", d, maxsplit=1)[0]
+            for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]}
+    assert train_only and train_only <= deps, f"TRAIN_ONLY names what is not a dependency: {train_only - deps}"
+    imported = _third_party_imports_reached({"drift", "drift.service", "web"}) | {"typer"}
+    assert {"torch", "transformers", "scipy", "litestar", "mlflow"} <= imported  # the walk reaches drift's code
+    assert not imported & {n.replace("-", "_") for n in train_only}, f"drift needs {imported & train_only}"
+    assert '"torch==${TORCH_VERSION}+cpu"' in text and "download.pytorch.org/whl/cpu" in text
+    assert "optional-dependencies']['gcs']" in text  # the gs:// prediction log
+    entry = next(json.loads(a) for op, a in _instructions(DRIFT_DOCKERFILE) if op == "ENTRYPOINT")
+    assert entry == ["sent", "drift"]
 
 
 def test_train_image_says_which_cuda_it_carries_and_launches_itself() -> None:

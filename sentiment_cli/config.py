@@ -140,6 +140,7 @@ class Serve:
     max_queued_texts: int = MISSING
     shutdown_budget_s: float = MISSING
     log_failure_unready_s: float = MISSING
+    follow_interval_s: float = MISSING
 
 
 @dataclass
@@ -422,6 +423,7 @@ def _validate_serve(s: Any) -> None:
          "serve.max_queued_texts must be at least serve.max_texts (one full request must fit)"),
         (0 < s.shutdown_budget_s <= 3600, "serve.shutdown_budget_s must be in (0, 3600] seconds"),
         (s.log_failure_unready_s >= 0, "serve.log_failure_unready_s must be >= 0 (0 = never)"),
+        (s.follow_interval_s >= 0, "serve.follow_interval_s must be >= 0 seconds (0 = no polling)"),
         (_finite(s.max_wait_ms) and s.max_wait_ms >= 0 and s.max_text_chars >= 1 and s.max_body_bytes >= 1,
          "serve.max_wait_ms must be >= 0 and the size limits >= 1"),
         (0 <= s.max_accuracy_drop <= 1, "serve.max_accuracy_drop must be in [0, 1]"),

@@ -172,11 +172,12 @@ def tracking_server(store, tmp_path, monkeypatch):
         stop_mlflow_server(proc)
 
 
-def start_mlflow_server(server_dir: Path, port: int | None = None):
-    """A real `mlflow server` on 127.0.0.1 over server_dir/backend.db; (process, url) once healthy."""
+def start_mlflow_server(server_dir: Path, port: int | None = None, env: dict[str, str] | None = None):
+    """A real `mlflow server` on 127.0.0.1 over server_dir/backend.db; (process, url) once healthy.
+    env: extra environment for the server (its webhook settings, say)."""
     port = port or free_port()
     mlflow_cli = Path(sys.executable).with_name("mlflow")
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", **(env or {})}
     proc = subprocess.Popen(
         [str(mlflow_cli), "server", "--backend-store-uri", f"sqlite:///{server_dir / 'backend.db'}",
          "--artifacts-destination", str(server_dir / "artifacts"), "--serve-artifacts",

@@ -5,11 +5,13 @@ model folder (loading.resolve). Weights whose sha256 differs from the registry t
 folder's own sent.json, are refused before the server starts; so is a faster variant that
 `sent eval` did not measure within serve.max_accuracy_drop (loading.check_accuracy).
 Writes the prediction log (paths.prediction_log, see predlog.py) and Prometheus metrics.
+Given models:/NAME@ALIAS, it keeps serving wherever the alias points (follow.py).
 
 The package, one concern a module:
   contract.py  the /predict body, its JSON schema and the response types
   batcher.py   micro-batching of concurrent requests into forward passes on worker threads
   service.py   predictor + batcher + prediction log + readiness + the model's metrics
+  follow.py    following the alias: polling, the /reload webhook, switching versions
   app.py       the Litestar app factory: routes wired to a Service
   here         run(): resolve, gate, and hand the app to uvicorn (one worker or several)
 """
@@ -58,7 +60,7 @@ def run(cfg: Config) -> None:
         print(check_accuracy(cfg, folder, info, wanted))  # before binding the port
     if s.workers == 1:
         predictor = load_predictor(cfg, folder, info, threads=threads, gate=False)  # checked above
-        web.run_server(create_app(cfg, predictor=predictor), host=s.host, port=s.port,
+        web.run_server(create_app(cfg, predictor=predictor, follow=True), host=s.host, port=s.port,
                        graceful_s=s.shutdown_budget_s)
         return
     if s.runtime == "onnx":

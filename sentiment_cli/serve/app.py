@@ -19,6 +19,7 @@ import msgspec
 from sentiment_cli import web
 from sentiment_cli.loading import load_predictor, resolve
 from sentiment_cli.model import Predictor
+from sentiment_cli.serve import follow as follow_mod
 from sentiment_cli.serve.contract import JSON_TYPES, PredictionOut, PredictResponse, request_schema, request_type
 from sentiment_cli.serve.service import Refused, Service
 from sentiment_cli.web import ErrorBody
@@ -154,7 +155,7 @@ def _predict_route(cfg: Config, service: Service):
             raise HTTPException(status_code=503, detail=f"model is {service.status}",
                                 headers={"Retry-After": "1"})
         try:
-            preds, _ = await _unless_client_leaves(request, service.predict(texts))
+            preds, info = await _unless_client_leaves(request, service.predict(texts))
         except Refused as exc:
             m.rejected.labels(exc.reason).inc()
             raise HTTPException(status_code=503, detail=exc.detail,
@@ -169,8 +170,6 @@ def _predict_route(cfg: Config, service: Service):
             m.failures.inc()
             service.log_failure()
             raise HTTPException(status_code=500, detail="prediction failed") from None
-        info = service.model_info()
-        assert info is not None
         return PredictResponse(
             predictions=[PredictionOut(p.label, p.label_id, p.score, p.probabilities) for p in preds],
             model=info)
@@ -208,12 +207,17 @@ def _page_route(cfg: Config):
 
 def create_app(cfg: Config, predictor: Predictor | None = None, model_uri: str | None = None, *,
                loader: Callable[[], Predictor] | None = None,
-               ready_wait_s: float = READY_WAIT_S, debug: bool = False):
+               ready_wait_s: float = READY_WAIT_S, debug: bool = False,
+               follow: bool | None = None, follower_factory: Callable[[Service], Any] | None = None):
     """The Litestar app. With no predictor, the lifespan runs `loader`, by default one that
     resolves `model_uri` (serve.model when None), checks its hash and loads it.
 
     A /predict request that arrives while the model is still loading waits up to ready_wait_s
     for it (a sibling worker may already be ready and answering /readyz), then gets 503.
+
+    When the model is models:/NAME@ALIAS, the app follows the alias (serve/follow.py) unless
+    follow is False; None means "when the app loads the model itself" (no predictor passed).
+    follower_factory(service) builds the Follower (tests pass one with a small registry).
     """
     from litestar import Litestar, Request, Response
     from litestar.openapi import OpenAPIConfig
@@ -227,17 +231,25 @@ def create_app(cfg: Config, predictor: Predictor | None = None, model_uri: str |
             return load_predictor(cfg, *resolve(cfg, uri, cfg.serve.verify_hash))
 
     service = Service(cfg, predictor, loader, ready_wait_s)
+    follower = follow_mod.follower_for(cfg, service, model_uri or cfg.serve.model,
+                                       predictor is None if follow is None else follow,
+                                       follower_factory)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         await service.start()
+        if follower is not None:
+            follower.start()
         try:
             yield
         finally:
+            if follower is not None:
+                await follower.stop()
             await service.stop()
 
     return Litestar(
-        route_handlers=[_predict_route(cfg, service), *web.health_routes(service.readiness),
+        route_handlers=[_predict_route(cfg, service), follow_mod.webhook_route(follower),
+                        *web.health_routes(service.readiness),
                         _page_route(cfg), web.metrics_controller()],
         lifespan=[lifespan],
         middleware=[web.prometheus_middleware("sent_http")],

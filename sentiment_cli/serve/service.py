@@ -231,6 +231,28 @@ class Service:
             if batcher is not None and self.batcher is None:
                 await batcher.stop()  # the warm-up failed: release its thread
 
+    async def swap(self, predictor: Predictor) -> None:
+        """Serve predictor instead of the current one, with no request lost: it is warmed up on a
+        batcher of its own first, then new requests go to it while the batches already queued or
+        running on the old one finish there. Raises (and changes nothing) if the warm-up fails."""
+        new = self._batcher_for(predictor)
+        try:
+            await new.call(lambda: predictor.predict(["warm-up: a short review"]))
+        except BaseException:
+            await new.stop()
+            raise
+        new.start()
+        old, labels = self.batcher, self._info_labels
+        # One synchronous step on the event loop: no request sees half of it.
+        self.predictor, self.batcher = predictor, new
+        self._info_labels = (predictor.name, str(predictor.version), getattr(predictor, "variant", REFERENCE))
+        self.metrics.model_info.labels(*self._info_labels).set(1)
+        if labels is not None and labels != self._info_labels:
+            with contextlib.suppress(KeyError):
+                self.metrics.model_info.remove(*labels)
+        if old is not None:
+            await old.stop()  # the old predictor's batches finish; then its threads go
+
     async def stop(self) -> None:
         """Shutdown: uvicorn has drained in-flight requests; finish batches, flush the log."""
         if self._prepare is not None and not self._prepare.done():
@@ -265,9 +287,12 @@ class Service:
             (events.info if clean else events.error)("drained %s", "cleanly" if clean else
                      f"with {self.cancelled} requests cancelled and {lost} log records unwritten")
 
-    async def predict(self, texts: list[str]) -> tuple[list[Prediction], float]:
-        """Predictions for texts (Refused when draining or over the queue bound)."""
-        assert self.batcher is not None and self.predictor is not None
+    async def predict(self, texts: list[str]) -> tuple[list[Prediction], ModelInfo]:
+        """Predictions for texts and the model that made them (Refused when draining or over the
+        queue bound). The predictor and batcher are taken once: a switch to another version
+        (swap) meanwhile lets this request finish on the one it started with."""
+        batcher, predictor = self.batcher, self.predictor
+        assert batcher is not None and predictor is not None
         self.admit(len(texts))
         m = self.metrics
         m.request_texts.observe(len(texts))
@@ -276,7 +301,7 @@ class Service:
         start = time.perf_counter()
         m.queued.inc(len(texts))
         try:
-            preds = await self.batcher.predict(texts)
+            preds = await batcher.predict(texts)
         finally:
             m.queued.dec(len(texts))
         latency = time.perf_counter() - start
@@ -286,8 +311,8 @@ class Service:
         if self.log is not None:
             now = predlog.utc_now()
             self.log.write(
-                predlog.make_record(t, p, model_name=self.predictor.name,
-                                    model_version=self.predictor.version,
+                predlog.make_record(t, p, model_name=predictor.name,
+                                    model_version=predictor.version,
                                     latency_ms=latency * 1000, timestamp=now)
                 for t, p in zip(texts, preds, strict=True))
-        return preds, latency
+        return preds, ModelInfo(name=predictor.name, version=predictor.version)

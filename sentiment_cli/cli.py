@@ -125,7 +125,7 @@ def train(
         if argv:
             raise typer.Exit(launch.run(argv))
     auto = launch.in_job(os.environ) if auto_resume is None else auto_resume
-    _run(lambda: step.run(cfg, resume=True if resume else ("auto" if auto else False)))
+    _run(lambda: step.run(cfg, resume=True if resume else ("auto" if auto else False), profile=profile))
 
 
 @app.command("eval")

@@ -43,7 +43,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sentiment_cli import artifacts, model, registry
+from sentiment_cli import artifacts, model, pyfunc, registry
 from sentiment_cli.registry import MODEL_ARTIFACT, RegistryError
 
 if TYPE_CHECKING:
@@ -318,7 +318,10 @@ def _registered_hash(cfg: Config, run) -> str:
     recorded (sent.json inside the folder, the run's weights_sha256 tag)."""
     run_id = run.info.run_id
     with tempfile.TemporaryDirectory(prefix="sent-promote-") as tmp:
-        folder = registry.download(cfg, f"runs:/{run_id}/{MODEL_ARTIFACT}", tmp)
+        # exactly what a version will point at: an MLflow model (MLmodel + artifacts/model/), or
+        # from an older sent the plain folder
+        source = registry.model_source(cfg, run)
+        folder = pyfunc.model_folder(registry.download(cfg, source, tmp))
         if not (folder / "config.json").is_file() or not list(folder.glob("*.safetensors")):
             raise PromoteError(f"run {run_id}'s '{MODEL_ARTIFACT}' artifact is not a model folder "
                                "(config.json and .safetensors weights)")
@@ -337,7 +340,7 @@ def version_tags(metrics: dict[str, float], metric: str, sha: str, run_id: str) 
 
 def _register(cfg: Config, name: str, run, tags: dict[str, str]):
     """The version for this run: the existing one (tags refreshed) or a new one."""
-    run_id, source = run.info.run_id, registry.model_source(run)
+    run_id, source = run.info.run_id, registry.model_source(cfg, run)
     same = [mv for mv in registry.search_versions(cfg, name, run_id=run_id)
             if mv.source.rstrip("/") == source]
     if not same:

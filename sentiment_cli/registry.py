@@ -1,13 +1,15 @@
 """The one place that talks to MLflow: tracking runs, logging models, the Model Registry.
 
 The tracking store is cfg.mlflow.tracking_uri (a SQLite file in the working directory by
-default) unless MLFLOW_TRACKING_URI is set. Models are logged as plain artifact folders (the
-model folder written by `sent train`, safetensors inside) under the run's "model" path, and
-registered as model versions whose source is that folder. Nothing here runs at import.
+default) unless MLFLOW_TRACKING_URI is set. A model is logged as an MLflow 3 LoggedModel named
+"model" of its run (the python_function flavour over the model folder `sent train` wrote:
+pyfunc.py), and registered as a model version whose source is models:/<model_id>. Runs of
+older sent versions hold a plain artifact folder "model" instead; they are still found,
+registered and served. Nothing here runs at import.
 
-Longer than 400 lines because it is the only module that imports mlflow: tracking, artifacts and
-the Model Registry stay behind one door, so the retry rules, the SQLite lock and the one-line
-errors are written once.
+Longer than 400 lines because it is the only module that talks to the tracking server (pyfunc.py
+only builds the model MLflow logs): tracking, artifacts and the Model Registry stay behind one
+door, so the retry rules, the SQLite lock and the one-line errors are written once.
 """
 
 from __future__ import annotations
@@ -218,26 +220,83 @@ def log_artifact(path: str | Path, artifact_path: str | None = None, run_id: str
         _tracked(lambda: mlflow.log_artifact(str(path), artifact_path), f"uploading {Path(path).name}")
 
 
-def log_model_folder(folder: str | Path, run_id: str | None = None) -> str:
-    """Upload a model folder as the run's "model" artifact; returns its artifact URI.
+def log_dict(data: Mapping[str, Any], name: str) -> None:
+    """A JSON or YAML artifact (by the name's extension) of the active run."""
+    import mlflow
 
-    Only what decides a prediction (model.model_files) and sent.json travel: a pytorch_model.bin
-    or notes lying beside the safetensors stay behind."""
-    import shutil
-    import tempfile
+    _tracked(lambda: mlflow.log_dict(dict(data), name), f"uploading {name}")
+
+
+def log_dataset(df, *, name: str, digest: str, source: str, context: str,
+                tags: Mapping[str, str] | None = None) -> None:
+    """Record a DataFrame the active run used (mlflow.log_input): its name, digest, schema and
+    where it came from. `source` is what data.source said: a file or URL, hf:NAME, or anything
+    else (kept as a tag of a code source)."""
+    import warnings
 
     import mlflow
 
-    from sentiment_cli.model import META_FILE, model_files
+    with warnings.catch_warnings():  # MLflow's hint about integer columns: labels have no gaps
+        warnings.simplefilter("ignore", UserWarning)
+        dataset = mlflow.data.from_pandas(df, source=_dataset_source(source), name=name,
+                                          digest=digest[:36], targets="label")
+        _tracked(lambda: mlflow.log_input(dataset, context=context,
+                                          tags={k: str(v) for k, v in (tags or {}).items()} or None),
+                 f"logging the {context} dataset")
 
-    c = mlflow.MlflowClient()
-    rid = run_id or mlflow.active_run().info.run_id
-    with tempfile.TemporaryDirectory(prefix="sent-upload-") as tmp:
-        for path in [*model_files(folder), Path(folder) / META_FILE]:
-            if path.is_file():
-                shutil.copy2(path, Path(tmp) / path.name)
-        _tracked(lambda: c.log_artifacts(rid, tmp, MODEL_ARTIFACT), "uploading the model")
-    return f"{_tracked(lambda: c.get_run(rid), 'reading the run').info.artifact_uri}/{MODEL_ARTIFACT}"
+
+def _dataset_source(source: str):
+    import warnings
+
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.http_dataset_source import HTTPDatasetSource
+    from mlflow.data.huggingface_dataset_source import HuggingFaceDatasetSource
+
+    if source.startswith("hf:"):
+        return HuggingFaceDatasetSource(path=source[3:])
+    path = source.split(":", 1)[1] if source.startswith("rt-polarity:") else source
+    if path.startswith(("http://", "https://")):
+        return HTTPDatasetSource(url=path)
+    if Path(path).expanduser().exists():
+        path = str(Path(path).expanduser().resolve())
+    try:
+        with warnings.catch_warnings():  # a local path "can be interpreted in multiple ways": both local
+            warnings.simplefilter("ignore", UserWarning)
+            return resolve_dataset_source(path)
+    except _mlflow_errors():
+        return CodeDatasetSource(tags={"sent.data.source": source})
+
+
+def log_model_folder(folder: str | Path, run_id: str | None = None,
+                     params: Mapping[str, Any] | None = None) -> str:
+    """Log a model folder as the LoggedModel "model" of the active run (which must be run_id,
+    when given), linked to that run and its metrics; returns its models:/<model_id> URI."""
+    import mlflow
+
+    from sentiment_cli import pyfunc
+
+    active = mlflow.active_run()
+    if active is None or (run_id and active.info.run_id != run_id):
+        raise RuntimeError(f"log_model_folder needs run {run_id or '(any)'} active, not "
+                           f"{active.info.run_id if active else 'none'}")
+    info = _tracked(lambda: pyfunc.log(folder, name=MODEL_ARTIFACT, params=params), "logging the model")
+    return info.model_uri
+
+
+def logged_model(cfg: Config, run_id: str):
+    """The newest ready LoggedModel named "model" that the run logged, or None (a run of an older
+    sent, with a plain artifact folder, or one trained with mlflow.log_model=false)."""
+    c = client(cfg)
+    run = _retry(lambda: c.get_run(run_id), f"reading run {run_id}")
+    outputs = getattr(run, "outputs", None)
+    steps = {o.model_id: o.step for o in (outputs.model_outputs if outputs else [])}
+    found = []
+    for model_id in steps:
+        lm = _retry(lambda m=model_id: c.get_logged_model(m), f"reading logged model {model_id}")
+        if lm.name == MODEL_ARTIFACT and str(getattr(lm.status, "name", lm.status)) == "READY":
+            found.append(lm)
+    return max(found, key=lambda lm: (steps[lm.model_id], lm.creation_timestamp), default=None)
 
 
 def get_run(cfg: Config, run_id: str):
@@ -296,18 +355,21 @@ def resolve_model(cfg: Config, uri: str, dst: str | Path | None = None, verify_h
                   ) -> tuple[Path, dict[str, Any]]:
     """A local model folder for a local path, a models:/ URI or a runs:/ URI, and what it is.
 
+    The folder is the one `sent train` wrote: inside an MLflow model (a version with an MLmodel)
+    it is the model's artifacts/model/; a version of an older sent is that folder itself.
     For registry URIs the weights' sha256 is checked against the version's `weights_sha256` tag:
     weights that changed after registration are refused (RegistryError).
     """
     from sentiment_cli.model import verify_weights
+    from sentiment_cli.pyfunc import model_folder
 
     if not uri.startswith(("models:/", "runs:/")):
         path = Path(uri).expanduser()
         if not path.is_dir():
             raise RegistryError(f"model {uri!r} is neither a folder nor a models:/ or runs:/ URI")
-        return path, {"name": path.name, "version": None, "source": str(path)}
+        return model_folder(path), {"name": path.name, "version": None, "source": str(path)}
     if uri.startswith("runs:/"):
-        folder = download(cfg, uri, dst)
+        folder = model_folder(download(cfg, uri, dst))
         return folder, {"name": uri, "version": None, "source": uri}
     name, alias, version = parse_model_uri(uri)
     db = _sqlite_path(tracking_uri(cfg))
@@ -315,7 +377,7 @@ def resolve_model(cfg: Config, uri: str, dst: str | Path | None = None, verify_h
         raise RegistryError(f"no MLflow store at {db}: train and promote a model first "
                             "(or serve a folder with --model PATH)")
     mv = get_version(cfg, name, alias, version)
-    folder = download(cfg, f"models:/{name}/{mv.version}", dst)
+    folder = model_folder(download(cfg, f"models:/{name}/{mv.version}", dst))
     info = {"name": name, "version": str(mv.version), "alias": alias, "run_id": mv.run_id,
             "source": mv.source, "weights_sha256": mv.tags.get("weights_sha256")}
     if verify_hash:
@@ -404,14 +466,22 @@ def latest_train_run(cfg: Config, scan: int = 50):
 
 
 def has_model_artifact(cfg: Config, run_id: str) -> bool:
+    """Whether the run has a model to register: a LoggedModel "model", or (runs of older sent
+    versions) a "model" artifact folder."""
+    if logged_model(cfg, run_id) is not None:
+        return True
     c = client(cfg)
     files = _retry(lambda: c.list_artifacts(run_id, MODEL_ARTIFACT),
                    f"listing artifacts of run {run_id}")
     return bool(files)
 
 
-def model_source(run) -> str:
-    """Where a run's model folder lives: the source of the model versions made from it."""
+def model_source(cfg: Config, run) -> str:
+    """Where a run's model lives, the source of the versions made from it: models:/<model_id>
+    for a LoggedModel, the run's "model" artifact folder for runs of older sent versions."""
+    lm = logged_model(cfg, run.info.run_id)
+    if lm is not None:
+        return f"models:/{lm.model_id}"
     return f"{run.info.artifact_uri.rstrip('/')}/{MODEL_ARTIFACT}"
 
 
@@ -467,15 +537,36 @@ def model_version(cfg: Config, name: str, version: str):
 
 
 def create_version(cfg: Config, name: str, run, tags: Mapping[str, str]):
-    """A new version of `name` whose source is the run's model folder.
+    """A new version of `name` whose source is the run's model (model_source).
 
-    create_model_version, not mlflow.register_model: the latter wants an MLflow-flavoured model
-    and refuses plain artifact folders in MLflow 3."""
+    What mlflow.register_model does, through _retry: the version, then the LoggedModel's
+    mlflow.modelVersions tag that links it back (MLflow's UI shows it on the model's page)."""
+    import json
+
     c = client(cfg)
-    return _retry(lambda: c.create_model_version(
-        name, source=model_source(run), run_id=run.info.run_id,
+    source = model_source(cfg, run)
+    model_id = source[len("models:/"):] if source.startswith("models:/m-") else None
+    mv = _retry(lambda: c.create_model_version(
+        name, source=source, run_id=run.info.run_id, model_id=model_id,
         tags={k: str(v) for k, v in tags.items()}),
         f"registering run {run.info.run_id} as {name!r}")
+    if model_id:
+        lm = _retry(lambda: c.get_logged_model(model_id), f"reading logged model {model_id}")
+        linked = _load_json_list((lm.tags or {}).get("mlflow.modelVersions"))
+        linked.append({"name": name, "version": str(mv.version)})
+        _retry(lambda: c.set_logged_model_tags(model_id, {"mlflow.modelVersions": json.dumps(linked)}),
+               f"linking logged model {model_id} to {name} version {mv.version}")
+    return mv
+
+
+def _load_json_list(text: str | None) -> list:
+    import json
+
+    try:
+        value = json.loads(text) if text else []
+    except ValueError:
+        return []
+    return value if isinstance(value, list) else []
 
 
 def set_version_tags(cfg: Config, name: str, version: str, tags: Mapping[str, str]) -> None:

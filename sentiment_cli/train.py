@@ -2,7 +2,9 @@
 
 Reads: paths.data_dir (train/validation parquet, meta.json), model.name.
 Writes: paths.model_dir (model, tokenizer, sent.json), metrics/train.json, checkpoints under
-paths.checkpoint_dir (for --resume), and an MLflow run (params, curves, the model artifact).
+paths.checkpoint_dir (for --resume), and an MLflow run: the params that shape the weights, the
+fetched data as MLflow datasets, config.yaml, curves, and the model as a LoggedModel (lineage.py,
+pyfunc.py).
 
 The same code runs on the CPU, one GPU, or many via `accelerate launch -m sentiment_cli.cli train`
 (or `sent train --launch auto`, which derives that launch: see launch.py). Every process runs the
@@ -29,7 +31,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sentiment_cli import __version__, batches, checkpoints, config, data, files, launch, metrics, model, registry
+from sentiment_cli import __version__, batches, checkpoints, data, files, launch, lineage, metrics, model, registry
 from sentiment_cli.checkpoints import State, StopRequest
 from sentiment_cli.cudagraph import GraphedStep, graphs_usable
 from sentiment_cli.errors import SentError, UsageError
@@ -144,12 +146,12 @@ class Progress:
 # ---------------------------------------------------------------- the recipe
 
 
-def run(cfg: Config, resume: bool | str = False) -> Path:
+def run(cfg: Config, resume: bool | str = False, profile: str | None = None) -> Path:
     """Train; returns the model folder written.
 
     resume: True continues from the newest complete checkpoint (and fails without one); "auto"
     continues when there is one and starts fresh otherwise (what a restarted job does); False
-    starts fresh and clears old checkpoints."""
+    starts fresh and clears old checkpoints. profile: named in the MLflow run's name."""
     from accelerate.utils import set_seed
 
     accelerator = _accelerator(cfg)
@@ -161,6 +163,9 @@ def run(cfg: Config, resume: bool | str = False) -> Path:
     data_meta = data.read_meta(cfg.paths.data_dir)
     splits = data.load_splits(cfg.paths.data_dir, ("train", "validation"))
     labels = list(data_meta["labels"])
+    fetched, differ = lineage.fetched_data(cfg, data_meta)  # what fetch wrote, not this config's
+    if accelerator.is_main_process:
+        lineage.warn_mismatch(cfg.paths.data_dir, differ)
     tokenizer, net = _tokenizer_and_model(cfg, accelerator, ckpt_root, labels, splits, resume)
     use_graphs = _use_graphs(cfg, accelerator)
     train_dl, val_dl = _loaders(cfg, tokenizer, splits, use_graphs)
@@ -174,17 +179,18 @@ def run(cfg: Config, resume: bool | str = False) -> Path:
         state = checkpoints.load(accelerator, ckpt_root) or state
     accelerator.wait_for_everyone()
 
-    resolved = config.to_dict(cfg)
+    resolved = lineage.effective_config(cfg, fetched)
     tracking = accelerator.is_main_process and cfg.mlflow.enabled
-    run_ctx = registry.run(cfg, run_id=state.run_id, run_name=f"train-{cfg.model.name.split('/')[-1]}",
-                           tags={"sent.kind": "train", "sent.version": __version__}) if tracking else None
+    tags = {"sent.kind": "train", "sent.version": __version__, "sent.profile": profile or "",
+            **({lineage.MISMATCH_TAG: lineage.mismatch_tag(differ)} if differ else {})}
+    run_ctx = registry.run(cfg, run_id=state.run_id, run_name=lineage.run_name(cfg, profile),
+                           tags=tags) if tracking else None
     active = run_ctx.__enter__() if run_ctx else None
     try:
         if tracking:
             if state.run_id is None:
                 state.run_id = active.info.run_id
-                registry.log_params({**config.flatten(cfg), "data.sha256": data_meta["sha256"],
-                                     "world_size": accelerator.num_processes, "total_steps": total_steps})
+                _log_run_inputs(resolved, data_meta, splits, accelerator.num_processes, total_steps)
             print(f"MLflow run {state.run_id} at {registry.tracking_uri(cfg)}", flush=True)
         with StopRequest() as stop:
             state = _loop(cfg, accelerator, net, optimizer, scheduler, train_dl, val_dl, sampler, labels, state,
@@ -193,6 +199,15 @@ def run(cfg: Config, resume: bool | str = False) -> Path:
     finally:
         if run_ctx:
             run_ctx.__exit__(*sys.exc_info())
+
+
+def _log_run_inputs(resolved: dict, data_meta: dict, splits, world_size: int, total_steps: int) -> None:
+    """What shapes the weights as params (the fetched data's, not this config's), the data as
+    MLflow datasets, and the whole resolved configuration as config.yaml."""
+    registry.log_params({**lineage.params(resolved), "data.sha256": data_meta["sha256"],
+                         "world_size": world_size, "total_steps": total_steps})
+    lineage.log_inputs(splits, data_meta, resolved["data"])
+    registry.log_dict(resolved, "config.yaml")
 
 
 def _accelerator(cfg: Config):
@@ -443,7 +458,7 @@ def _finish(cfg: Config, accelerator, tokenizer, labels, state: State, data_meta
         "config": resolved,
         "labels": labels,
         "data_sha256": data_meta["sha256"],
-        "data_source": data_meta.get("source"),
+        "data_source": resolved["data"]["source"],  # the fetched data's, like config.data
         "metrics": {k: v for k, v in summary.items() if k != "history"},
         "mlflow_run_id": state.run_id,
         "base_model": cfg.model.name,
@@ -459,8 +474,8 @@ def _finish(cfg: Config, accelerator, tokenizer, labels, state: State, data_meta
     if cfg.mlflow.enabled:
         registry.log_metrics({"best_val_accuracy": state.best_score, "train_samples_per_second": speed,
                               "train_runtime_seconds": state.train_seconds})
-        if cfg.mlflow.log_model:
-            registry.log_model_folder(out, state.run_id)
+        if cfg.mlflow.log_model:  # a LoggedModel of this run, an MLflow model (pyfunc.py)
+            registry.log_model_folder(out, state.run_id, params=lineage.params(resolved))
         registry.set_run_tags(cfg, state.run_id, {"sent.model_dir": str(out.resolve()),
                                                   "weights_sha256": model.read_meta(out)["weights_sha256"]})
     print(f"wrote {out} (best epoch {state.best_epoch}, val_accuracy {state.best_score:.4f}, "

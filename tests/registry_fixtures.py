@@ -80,8 +80,11 @@ class Store:
         return model.save(self.root / "folders" / (name or f"model-{n}"), m, tok, meta)
 
     def train_run(self, test_accuracy: float | None = 0.8, *, metrics: dict | None = None,
-                  kind: str = "train", log_model: bool = True) -> str:
-        """A finished run like `sent train` then `sent eval` leave it; returns its id."""
+                  kind: str = "train", log_model: bool = True, legacy: bool = False) -> str:
+        """A finished run like `sent train` then `sent eval` leave it; returns its id.
+
+        legacy=True: the model is a plain "model" artifact folder, as sent logged it before
+        LoggedModels (no MLmodel)."""
         from sentiment_cli import model, registry
 
         cfg = self.cfg()
@@ -93,7 +96,9 @@ class Store:
             run_id = active.info.run_id
             folder = self.model_folder(run_id=run_id, metrics={"val_accuracy": 0.75})
             registry.log_metrics(scores)
-            if log_model:
+            if log_model and legacy:
+                registry.client(cfg).log_artifacts(run_id, str(folder), "model")
+            elif log_model:
                 registry.log_model_folder(folder, run_id)
             sha = model.read_meta(folder)["weights_sha256"]
             registry.set_run_tags(cfg, run_id, {"weights_sha256": sha,
@@ -103,11 +108,15 @@ class Store:
         return run_id
 
     def folder_of(self, run_id: str) -> Path:
-        """Where the local artifact store keeps a run's model folder."""
-        from sentiment_cli import registry
+        """Where the local artifact store keeps a run's model folder: the LoggedModel's
+        artifacts/model/, or a legacy run's "model" artifact folder."""
+        from sentiment_cli import pyfunc, registry
 
-        run = registry.get_run(self.cfg(), run_id)
-        return Path(registry.model_source(run))
+        cfg = self.cfg()
+        lm = registry.logged_model(cfg, run_id)
+        if lm is not None:
+            return pyfunc.model_folder(Path(lm.artifact_location))
+        return Path(registry.model_source(cfg, registry.get_run(cfg, run_id)))
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 import time
@@ -12,7 +13,7 @@ import pytest
 import registry_fixtures
 from registry_fixtures import NAME, champion_state, promote_cli
 
-from sentiment_cli import model, registry
+from sentiment_cli import model, pyfunc, registry
 from sentiment_cli.registry import RegistryError
 
 # the shared fixtures, used by name
@@ -138,16 +139,37 @@ def test_registered_model_is_none_until_created_and_creating_twice_is_fine(store
     assert first.name == again.name == NAME
 
 
-def test_create_version_points_at_the_runs_model_folder(store, tmp_path):
+def test_create_version_points_at_the_runs_logged_model(store, tmp_path):
     cfg = store.cfg()
     rid = store.train_run(0.8)
     run = registry.get_run(cfg, rid)
+    lm = registry.logged_model(cfg, rid)
+    assert lm is not None and lm.source_run_id == rid and lm.name == "model"
     registry.registered_model(cfg, NAME, create=True)
     mv = registry.create_version(cfg, NAME, run, {"weights_sha256": "abc"})
     assert str(mv.version) == "1" and mv.run_id == rid
-    assert mv.source == f"{run.info.artifact_uri}/model" == registry.model_source(run)
-    folder = registry.download(cfg, f"models:/{NAME}/1", tmp_path / "dl")
+    assert mv.source == f"models:/{lm.model_id}" == registry.model_source(cfg, run)
+    # linked both ways, as mlflow.register_model links them
+    linked = json.loads(registry.client(cfg).get_logged_model(lm.model_id).tags["mlflow.modelVersions"])
+    assert linked == [{"name": NAME, "version": "1"}]
+    downloaded = registry.download(cfg, f"models:/{NAME}/1", tmp_path / "dl")
+    assert (downloaded / "MLmodel").is_file()
+    folder = pyfunc.model_folder(downloaded)
+    assert folder == (downloaded / "artifacts" / "model").resolve()
     assert model.weights_sha256(folder) == model.weights_sha256(store.folder_of(rid))
+
+
+def test_a_run_of_an_older_sent_is_registered_from_its_plain_folder(store, tmp_path):
+    cfg = store.cfg()
+    rid = store.train_run(0.8, legacy=True)
+    run = registry.get_run(cfg, rid)
+    assert registry.logged_model(cfg, rid) is None and registry.has_model_artifact(cfg, rid)
+    registry.registered_model(cfg, NAME, create=True)
+    mv = registry.create_version(cfg, NAME, run, {})
+    assert mv.source == f"{run.info.artifact_uri}/model" == registry.model_source(cfg, run)
+    downloaded = registry.download(cfg, f"models:/{NAME}/1", tmp_path / "dl")
+    assert not (downloaded / "MLmodel").exists() and pyfunc.model_folder(downloaded) == downloaded
+    assert model.weights_sha256(downloaded) == model.weights_sha256(store.folder_of(rid))
 
 
 def test_only_the_files_that_decide_a_prediction_are_uploaded(store, tmp_path):
@@ -160,10 +182,14 @@ def test_only_the_files_that_decide_a_prediction_are_uploaded(store, tmp_path):
     (folder / "NOTES.md").write_text("scratch notes")
     with registry.run(cfg, run_name="upload") as active:
         registry.log_model_folder(folder, active.info.run_id)
-    client = registry.client(cfg)
-    uploaded = {a.path.rsplit("/", 1)[-1] for a in client.list_artifacts(active.info.run_id, "model")}
+    stored = Path(registry.logged_model(cfg, active.info.run_id).artifact_location)
+    uploaded = {p.name for p in pyfunc.model_folder(stored).iterdir()}
     assert "pytorch_model.bin" not in uploaded and "NOTES.md" not in uploaded
     assert {"config.json", "model.safetensors", "sent.json", "tokenizer.json"} <= uploaded
+    # and nothing of the MLflow model around it is a pickle: a model from code
+    everything = [p.name for p in stored.rglob("*") if p.is_file()]
+    assert not [n for n in everything if n.endswith((".pkl", ".pickle", ".bin", ".pt"))], everything
+    assert pyfunc.CODE_FILE in everything
 
 
 def test_search_versions_by_run_and_by_tag_oldest_first(store):
@@ -230,7 +256,9 @@ def test_promote_rollback_list_and_serve_through_a_tracking_server(store, tracki
     assert registry._sqlite_path(url) is None  # no file lock: compare-and-verify only
     assert champion_state(cfg) == ("2", ["1", "2"])
     mv = registry.get_version(cfg, NAME, alias="champion")
-    assert mv.source.startswith("mlflow-artifacts:/") and mv.run_id == second
+    assert mv.source.startswith("models:/m-") and mv.run_id == second
+    lm = registry.logged_model(cfg, second)
+    assert lm.artifact_location.startswith("mlflow-artifacts:/")
     # the artifacts went through the server to its destination, not to a local ./mlruns
     assert list(artifacts.rglob("model.safetensors")) and not (store.root / "mlruns").exists()
     folder, info = registry.resolve_model(cfg, f"models:/{NAME}@champion", tmp_path / "dl")

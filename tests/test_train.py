@@ -53,9 +53,40 @@ def test_pipeline_is_tracked_in_mlflow(pipeline):
     losses = client.get_metric_history(run_id, "train_loss")
     assert len(losses) >= 3 and [m.step for m in losses] == sorted(m.step for m in losses)
     assert client.get_metric_history(run_id, "learning_rate")
-    artifacts = {a.path for a in client.list_artifacts(run_id, "model")}
-    assert "model/model.safetensors" in artifacts and "model/sent.json" in artifacts
+    # the model is a LoggedModel of the run, an MLflow model around the folder train wrote
+    (lm,) = client.search_logged_models([run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'")
+    assert lm.name == "model" and lm.params["train.lr"] == "0.002"
+    stored = Path(lm.artifact_location)
+    assert (stored / "MLmodel").is_file() and (stored / "artifacts/model/model.safetensors").is_file()
+    assert {"test_accuracy", "best_val_accuracy"} <= {m.key for m in lm.metrics}  # linked to its metrics
     assert {a.path for a in client.list_artifacts(run_id, "eval")} >= {"eval/eval.json", "eval/reference.json"}
+
+
+def test_the_run_has_a_name_its_data_and_only_the_params_that_shape_the_weights(pipeline):
+    import yaml
+
+    client = _mlflow_client(pipeline)
+    run = client.get_run(model.read_meta(pipeline / "models" / "candidate")["mlflow_run_id"])
+    assert run.info.run_name.startswith("train-scratch-tiny-") and run.data.tags["sent.profile"] == "tiny"
+    sections = {k.split(".")[0] for k in run.data.params}
+    # (weights_sha256: MLflow logs the model's model_config, the hash pyfunc loading checks)
+    assert sections == {"seed", "data", "model", "train", "world_size", "total_steps", "weights_sha256"}
+    assert run.data.params["data.source"] == "builtin:rt-polarity"
+    assert run.data.params["data.label_names"] == '["neg", "pos"]'
+    assert "sent.data_mismatch" not in run.data.tags
+    # the whole resolved configuration is an artifact instead
+    local = Path(client.download_artifacts(run.info.run_id, "config.yaml", str(pipeline / "dl-config")))
+    resolved = yaml.safe_load(local.read_text())
+    assert resolved["serve"]["port"] == 8000 and resolved["data"]["source"] == "builtin:rt-polarity"
+    # the data it trained on: the fetched splits, with digest and source
+    fetched = json.loads((pipeline / "data/processed/meta.json").read_text())
+    inputs = {i.dataset.name: i for i in run.inputs.dataset_inputs}
+    assert set(inputs) == {"rt-polarity-train", "rt-polarity-validation"}
+    train_input = inputs["rt-polarity-train"]
+    assert {t.key: t.value for t in train_input.tags}["mlflow.data.context"] == "training"
+    assert {t.key: t.value for t in train_input.tags}["sent.data_sha256"] == fetched["sha256"]
+    assert len(train_input.dataset.digest) == 16
+    assert json.loads(train_input.dataset.profile)["num_rows"] == fetched["splits"]["train"]
 
 
 def test_eval_outputs(pipeline):

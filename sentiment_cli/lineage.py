@@ -49,7 +49,11 @@ def fetched_data(cfg: Config, meta: dict[str, Any]) -> tuple[dict[str, Any], dic
     """The data section this run trains on (fetch's, from meta.json: its data_config, its labels and
     source), and {key: (fetched, configured)} for each key only fetch acts on where this
     configuration says otherwise (label_names null means "inferred", which agrees with any)."""
-    given = config.to_dict(cfg)["data"]
+    return compare(config.to_dict(cfg)["data"], meta)
+
+
+def compare(given: dict[str, Any], meta: dict[str, Any]) -> tuple[dict[str, Any], dict[str, tuple[Any, Any]]]:
+    """fetched_data for a data section as a plain dict."""
     fetched = {**given, **(meta.get("data_config") or {})}
     if meta.get("source") is not None:
         fetched["source"] = meta["source"]

@@ -47,12 +47,12 @@ def test_the_fetched_data_wins_and_each_difference_is_named():
 
 
 def test_inferred_labels_and_train_side_caps_are_not_mismatches():
-    cfg = config.load("tiny", ["data.label_names=null", "data.max_train_samples=100"])
+    given = {**config.to_dict(config.load("tiny"))["data"], "label_names": None, "max_train_samples": 100}
     meta = {**_meta(max_train_samples=600), "labels": ["negative", "positive"]}
-    fetched, differ = lineage.fetched_data(cfg, meta)
+    fetched, differ = lineage.compare(given, meta)
     assert differ == {} and fetched["label_names"] == ["negative", "positive"]
     assert fetched["max_train_samples"] == 100  # the smaller cap is the one that trained
-    _, differ = lineage.fetched_data(config.load("tiny", ["data.label_names=[bad,good]"]), meta)
+    _, differ = lineage.compare({**given, "label_names": ["bad", "good"]}, meta)
     assert differ == {"label_names": (["negative", "positive"], ["bad", "good"])}
 
 

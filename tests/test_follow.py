@@ -440,6 +440,16 @@ def test_following_a_real_registry_checks_each_new_versions_hash(store, tmp_path
         assert served_version(c) == "2"
 
 
+def test_the_loader_of_a_new_version_applies_the_accuracy_gate(store, tmp_path):
+    """A faster variant of a version `sent eval` never measured is refused like at startup."""
+    run = store.train_run(0.80)
+    assert registry_fixtures.promote_cli("--run-id", run).exit_code == 0
+    load = follow.registry_loader(serve_config(tmp_path / "log", "serve.quantize=true"), NAME)
+    with pytest.raises(ModelError, match="no accuracy measurement"):
+        load("1")
+    assert follow.registry_loader(serve_config(tmp_path / "log"), NAME)("1").version == "1"
+
+
 def test_a_folder_model_stays_put(tmp_path, tiny_model_dir):
     cfg = serve_config(tmp_path / "log", "serve.follow_interval_s=0.05")
     app = serve.create_app(cfg, model_uri=str(tiny_model_dir))

@@ -165,6 +165,8 @@ class Follower:
         stage = "load"
         try:
             predictor = await asyncio.to_thread(self.load, version)
+            if not self.service.ready:  # the server began draining meanwhile: nothing to switch
+                return
             stage = "warmup"
             await self.service.swap(predictor)
         except asyncio.CancelledError:

@@ -42,11 +42,12 @@ def _cell(text: str) -> str:
 
 
 def _default(param) -> str:
-    if param.is_flag and param.secondary_opts and param.default is None:
+    flag = getattr(param, "is_flag", False)  # a positional argument is never a flag
+    if flag and param.secondary_opts and param.default is None:
         return "from the configuration"
     if param.default is None or param.default == ():
         return ""
-    if param.is_flag:
+    if flag:
         return "on" if param.default else "off"
     return f"`{param.default}`"
 
@@ -58,6 +59,8 @@ def _option_table(command, ctx) -> list[str]:
             continue
         record = param.get_help_record(ctx)
         names = record[0] if record else " / ".join(param.opts)
+        if getattr(param, "param_type_name", "") == "argument":  # positional: its name, optional in []
+            names = " ".join(param.get_usage_pieces(ctx))
         rows.append(f"| `{_cell(names)}` | {_default(param)} | {_cell(param.help or '')} |")
     return rows
 

@@ -2,7 +2,11 @@
 
 Layout under paths.metrics_dir:
 
-    eval.json                         the latest evaluation (DVC's metric for the eval stage)
+    eval.json                         the latest evaluation's numbers (DVC's metric for the eval stage)
+    eval.info.json                    what they were measured on: weights and data hashes, model
+                                      folder, run id, split, labels (not metrics: `dvc metrics
+                                      diff` would list a new run id as a changed metric)
+    train.json, train.info.json       the same pair for the training run (train writes them)
     reference.json                    the latest drift reference (DVC's output)
     reference.npz                     its arrays: a held-out sample's probabilities, token
                                       lengths, sentence embeddings (too big for JSON)
@@ -56,9 +60,63 @@ def _write(cfg: Config, name: str, data: dict[str, Any]) -> Path:
     return write_json_atomic(_dir(cfg) / name, data)
 
 
+INFO_KEYS = ("split", "labels", "model_dir", "weights_sha256", "data_sha256", "mlflow_run_id")
+
+
+def info_path(metrics_file: Path) -> Path:
+    """metrics/eval.json → metrics/eval.info.json"""
+    return metrics_file.with_name(f"{metrics_file.stem}.info.json")
+
+
+def _partition(record: dict[str, Any], top: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(numbers, the rest): INFO_KEYS and every string leaf go to the rest, at the same place."""
+    numbers: dict[str, Any] = {}
+    rest: dict[str, Any] = {}
+    for key, value in record.items():
+        if (top and key in INFO_KEYS) or isinstance(value, str) or value is None:
+            rest[key] = value
+        elif isinstance(value, dict):
+            n, r = _partition(value, top=False)
+            numbers[key] = n
+            if r:
+                rest[key] = r
+        else:
+            numbers[key] = value
+    return numbers, rest
+
+
+def _joined(numbers: dict[str, Any], rest: dict[str, Any]) -> dict[str, Any]:
+    out = dict(numbers)
+    for key, value in rest.items():
+        out[key] = _joined(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def write_metrics(path: Path, record: dict[str, Any]) -> Path:
+    """A DVC metrics file holding only numbers (path) and its sibling .info.json with the rest;
+    the info file first, so a reader never pairs new numbers with old hashes. Returns path."""
+    numbers, rest = _partition(record)
+    write_json_atomic(info_path(path), rest)
+    return write_json_atomic(path, numbers)
+
+
+def read_metrics(path: Path) -> dict[str, Any] | None:
+    """The record write_metrics split in two, joined again (a file from an older sent, which
+    holds everything, reads as it is); None when there is none."""
+    numbers = _read(path)
+    if numbers is None:
+        return None
+    return _joined(numbers, _read(info_path(path)) or {}) if "weights_sha256" not in numbers else numbers
+
+
 def write_eval(cfg: Config, result: dict[str, Any]) -> Path:
-    """Record an evaluation (latest + keyed by its weights_sha256); returns metrics/eval.json."""
-    return _write(cfg, EVAL_FILE, result)
+    """Record an evaluation: the whole of it keyed by its weights_sha256, and as the latest
+    metrics/eval.json (numbers) + eval.info.json (the rest); returns metrics/eval.json."""
+    sha = result.get("weights_sha256")
+    if not isinstance(sha, str):
+        raise ArtifactError(f"{EVAL_FILE} needs the weights_sha256 it was measured on")
+    write_json_atomic(_keyed(cfg, sha, EVAL_FILE), result)
+    return write_metrics(_dir(cfg) / EVAL_FILE, result)
 
 
 def write_reference(cfg: Config, reference: dict[str, Any], arrays: dict[str, Any] | None = None) -> Path:
@@ -123,8 +181,9 @@ def _read(path: Path) -> dict[str, Any] | None:
 
 def _for(cfg: Config, sha: str, name: str) -> tuple[dict[str, Any], Path] | None:
     """The file `name` measured on these weights: the keyed one, else the latest if it matches."""
-    for path in (_keyed(cfg, sha, name), _dir(cfg) / name):
-        data = _read(path)
+    latest = _dir(cfg) / name  # the latest eval.json is split in two (write_metrics)
+    for path, read in ((_keyed(cfg, sha, name), _read), (latest, read_metrics if name == EVAL_FILE else _read)):
+        data = read(path)
         if data is not None and data.get("weights_sha256") == sha:
             return data, path
     return None

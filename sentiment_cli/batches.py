@@ -17,6 +17,8 @@ class EncodedDataset:
     """Token ids (unpadded) and labels; indexable, so DataLoader and Accelerate can shard it."""
 
     def __init__(self, tokenizer, texts: Sequence[str], labels: Sequence[int], max_length: int):
+        # never past what the model allows (model.build lowers model_max_length to its positions)
+        max_length = min(max_length, int(getattr(tokenizer, "model_max_length", max_length) or max_length))
         enc = tokenizer(list(texts), truncation=True, max_length=max_length)
         self.input_ids: list[list[int]] = enc["input_ids"]
         self.labels = [int(x) for x in labels]

@@ -38,14 +38,27 @@ def fail(message: str, code: int = EXIT_FAILED) -> NoReturn:
     raise typer.Exit(code)
 
 
-def load_config(profile: str, overrides: list[str] | None, options: dict[str, Any] | None = None):
-    """The configuration for a command: profile, --set overrides, then the command's own flags."""
+def load_config(profile: str, overrides: list[str] | None, options: dict[str, Any] | None = None,
+                step: str | None = None):
+    """The configuration for a command: profile, --set overrides, then the command's own flags.
+
+    Each value of ./params.yaml the profile replaces is a note on stderr. For train and eval, a
+    --set on a key only `sent fetch` acts on must match what the fetched data was made with: else
+    it would change nothing, and the error says where it belongs."""
     from sentiment_cli import config  # omegaconf costs ~100 ms: not for `sent --help`
 
+    notes: list[str] = []
     try:
-        return config.load(profile, overrides or [], options=options)
+        cfg = config.load(profile, overrides or [], options=options, notes=notes)
     except config.ConfigError as exc:
         fail(str(exc), EXIT_USAGE)
+    for note in notes:
+        typer.secho(f"note: {note}", fg=typer.colors.YELLOW, err=True)
+    if step is not None:
+        from sentiment_cli import data
+
+        _run(lambda: data.check_fetched_with(cfg, overrides or [], step))
+    return cfg
 
 
 def _version(value: bool) -> None:
@@ -76,11 +89,28 @@ def _run(step_call) -> object:
 
 
 @app.command()
-def fetch(profile: ProfileOpt = "cpu", set_: SetOpt = None) -> None:
+def fetch(
+    source: Annotated[str | None, typer.Argument(
+        help="A CSV/TSV/JSONL/JSON/Parquet file, a folder of train.* (validation.*, test.*) tables, "
+             "hf:NAME, rt-polarity:PATH or builtin:rt-polarity (default data.source).",
+        metavar="SOURCE", show_default=False)] = None,
+    profile: ProfileOpt = "cpu",
+    set_: SetOpt = None,
+    text_column: Annotated[str | None, typer.Option(
+        "--text-column", help="The column holding the texts (default data.text_column).")] = None,
+    label_column: Annotated[str | None, typer.Option(
+        "--label-column", help="The column holding the labels (default data.label_column).")] = None,
+    labels: Annotated[str | None, typer.Option(
+        "--labels", help="Label names in id order, comma-separated, e.g. negative,positive "
+                         "(default data.label_names; null: the sorted labels found in the data).")] = None,
+) -> None:
     """Read data.source, validate it, and write train/validation/test parquet + meta.json."""
     from sentiment_cli import fetch as step
 
-    cfg = load_config(profile, set_)
+    names = None if labels is None else [n.strip() for n in labels.split(",") if n.strip()]
+    flags = {"data.source": source, "data.text_column": text_column, "data.label_column": label_column,
+             "data.label_names": names}
+    cfg = load_config(profile, set_, flags)
     _run(lambda: step.run(cfg))
 
 
@@ -114,7 +144,7 @@ def train(
     if launch_mode not in ("none", "auto"):
         fail(f"--launch must be none or auto, not {launch_mode!r}", EXIT_USAGE)
     job_sets = _run(lambda: launch.prepare_job(os.environ))
-    cfg = load_config(profile, [*job_sets, *(set_ or [])])
+    cfg = load_config(profile, [*job_sets, *(set_ or [])], step="train")
     if launch_mode == "auto":
         import torch
 
@@ -138,7 +168,7 @@ def evaluate(
     """Evaluate a model folder on a split: metrics/eval.json, plots, misclassified examples."""
     from sentiment_cli import evaluate as step
 
-    cfg = load_config(profile, set_)
+    cfg = load_config(profile, set_, step="eval")
     _run(lambda: step.run(cfg, model_dir=model, split=split))
 
 

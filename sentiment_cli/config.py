@@ -3,6 +3,8 @@
 Layers, later wins: the packaged params.yaml (the embedded defaults) → ./params.yaml when the
 working directory has one (a DVC project) → profiles/NAME.yaml → --set key=value overrides.
 Every layer is validated against the schema: an unknown key or a wrong type is a ConfigError.
+A profile that replaces a value the user wrote in ./params.yaml says so (a note per key), so
+`--profile tiny` never swaps out the user's data source unannounced (docs/configuration.md).
 
 Longer than 400 lines because the schema and every check of its values live together: when a
 value is refused, this is the one file that says why.
@@ -45,7 +47,7 @@ class Data:
     source: str = MISSING
     text_column: str = MISSING
     label_column: str = MISSING
-    label_names: list[str] = MISSING
+    label_names: list[str] | None = MISSING
     split_seed: int = MISSING
     val_fraction: float = MISSING
     test_fraction: float = MISSING
@@ -304,15 +306,73 @@ def _no_interpolation(where: str, value: Any) -> None:
                           "give the value itself")
 
 
+def list_keys() -> set[str]:
+    """Dotted keys whose schema type is a list: `--set KEY=a,b` is the list [a, b]."""
+    import dataclasses
+    import typing
+
+    found: set[str] = set()
+
+    def walk(cls: type, prefix: str) -> None:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            kind = hints[f.name]
+            if dataclasses.is_dataclass(kind):
+                walk(kind, f"{prefix}{f.name}.")
+            elif list in (typing.get_origin(kind), *map(typing.get_origin, typing.get_args(kind))):
+                found.add(prefix + f.name)
+
+    walk(Config, "")
+    return found
+
+
 def _parse_overrides(overrides: list[str]) -> DictConfig:
+    lists = list_keys()
+    layer = OmegaConf.create({})
     for item in overrides:
         if "=" not in item or not item.split("=", 1)[0].strip():
             raise ConfigError(f"--set {item!r}: expected key=value, for example train.lr=3e-5")
-        _no_interpolation(f"--set {item.split('=', 1)[0]}", item.split("=", 1)[1])
-    try:
-        return OmegaConf.from_dotlist(list(overrides))
-    except OmegaConfBaseException as exc:
-        raise ConfigError(f"--set: {_one_line(exc)}") from None
+        key, value = (part.strip() for part in item.split("=", 1))
+        _no_interpolation(f"--set {key}", value)
+        if key in lists and value and not value.startswith("[") and value not in ("null", "~"):
+            # a comma-separated list, as people type it: data.label_names=negative,positive
+            OmegaConf.update(layer, key, [v.strip() for v in value.split(",") if v.strip()], force_add=True)
+            continue
+        try:
+            layer = OmegaConf.merge(layer, OmegaConf.from_dotlist([item]))
+        except OmegaConfBaseException as exc:
+            raise ConfigError(f"--set: {_one_line(exc)}") from None
+    return layer  # type: ignore[return-value]
+
+
+def _leaves(node: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted key → value of every leaf of a plain (to_container) mapping."""
+    out: dict[str, Any] = {}
+    for k, v in node.items():
+        if isinstance(v, dict):
+            out.update(_leaves(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _profile_overrides(profile: str, layer: DictConfig, local: DictConfig, packaged: DictConfig) -> dict[str, str]:
+    """key → a note, for each key the profile sets where ./params.yaml holds a value of the user's
+    own (one that differs from the packaged default and from the profile's)."""
+    mine = _leaves(OmegaConf.to_container(local))
+    default = _leaves(OmegaConf.to_container(packaged))
+    notes = {}
+    for key, value in _leaves(OmegaConf.to_container(layer)).items():
+        if key in mine and mine[key] != default.get(key) and mine[key] != value:
+            notes[key] = (f"profile {profile} sets {key}={_show(value)}, replacing {_show(mine[key])} from "
+                          f"./params.yaml (keep yours: --set {key}={_show(mine[key])})")
+    return notes
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return "null" if value is None else str(value)
 
 
 def load(
@@ -320,25 +380,35 @@ def load(
     overrides: list[str] | None = None,
     root: Path | None = None,
     options: Mapping[str, Any] | None = None,
+    notes: list[str] | None = None,
 ) -> Config:
     """Resolve the configuration; raises ConfigError with a one-line message.
 
     `options` maps dotted keys to typed values from a command's own flags (`--port 8123` is
     {"serve.port": 8123}; None means the flag was not given). They are the last layer, validated
-    like every other.
+    like every other. `notes` receives one line per value of ./params.yaml the profile replaced.
     """
     root = root or Path.cwd()
     cfg = OmegaConf.structured(Config)
-    cfg = _merge(cfg, _read_yaml(_packaged("params.yaml")), "packaged params.yaml")
-    local = root / "params.yaml"
-    if local.is_file():
-        cfg = _merge(cfg, _read_yaml(local), str(local))
+    packaged = _read_yaml(_packaged("params.yaml"))
+    cfg = _merge(cfg, packaged, "packaged params.yaml")
+    local_path = root / "params.yaml"
+    local = _read_yaml(local_path) if local_path.is_file() else None
+    if local is not None:
+        cfg = _merge(cfg, local, str(local_path))
+    layer = None
     if profile:
         path = _profile_path(profile, root)
-        cfg = _merge(cfg, _read_yaml(path), f"profile {profile}")
+        layer = _read_yaml(path)
+        cfg = _merge(cfg, layer, f"profile {profile}")
+    replaced = _profile_overrides(profile, layer, local, packaged) if profile and local is not None else {}
     if overrides:
-        cfg = _merge(cfg, _parse_overrides(overrides), "--set")
+        set_layer = _parse_overrides(overrides)
+        cfg = _merge(cfg, set_layer, "--set")
+        replaced = {k: v for k, v in replaced.items() if k not in _leaves(OmegaConf.to_container(set_layer))}
     given = {k: v for k, v in (options or {}).items() if v is not None}
+    if notes is not None:  # what the profile replaced and nothing later restated
+        notes.extend(text for key, text in replaced.items() if key not in given)
     if given:
         layer = OmegaConf.create({})
         for key, value in given.items():
@@ -402,8 +472,10 @@ def _validate_model_and_data(cfg: DictConfig) -> None:
          "model.scratch sizes must be at least 1"),
         (sc.hidden_size % max(sc.num_heads, 1) == 0,
          f"model.scratch.num_heads ({sc.num_heads}) must divide model.scratch.hidden_size ({sc.hidden_size})"),
-        (len(d.label_names) >= 2, "data.label_names needs at least two labels"),
-        (len(set(d.label_names)) == len(d.label_names), "data.label_names repeats a name"),
+        (d.label_names is None or len(d.label_names) >= 2, "data.label_names needs at least two labels "
+                                                           "(or null: inferred from the data)"),
+        (d.label_names is None or len(set(d.label_names)) == len(d.label_names),
+         "data.label_names repeats a name"),
         (0 <= d.val_fraction < 1 and 0 <= d.test_fraction < 1 and d.val_fraction + d.test_fraction < 1,
          "data.val_fraction + data.test_fraction must be below 1"),
         (d.max_train_samples is None or d.max_train_samples >= 1, "data.max_train_samples must be >= 1 or null"),

@@ -188,7 +188,7 @@ def run(cfg: Config, model_dir: Path | None = None, split: str = "test") -> Path
     pd.DataFrame({"text": [texts[i] for i in wrong], "actual": [labels[gold[i]] for i in wrong],
                   "predicted": [labels[pred[i]] for i in wrong],
                   "confidence": probs[wrong, pred[wrong]].round(4)}).to_csv(reports / "misclassified.csv", index=False)
-    _log_to_mlflow(cfg, result, split, [out, reference, reports / "confusion_matrix.png",
+    _log_to_mlflow(cfg, result, split, [out, artifacts.info_path(out), reference, reports / "confusion_matrix.png",
                                         reports / "misclassified.csv"])
     print(f"{split}: accuracy {result['accuracy']:.4f} f1 {result['f1']:.4f} loss {result['loss']:.4f} "
           f"(n={result['n']}) → {out}")

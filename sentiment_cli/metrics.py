@@ -35,3 +35,18 @@ def classification(y_true: Sequence[int], y_pred: Sequence[int], labels: Sequenc
                       for name, p, r, f, s in zip(labels, precision, recall, f1, actual, strict=True)},
         "confusion_matrix": cm.tolist(),
     }
+
+
+def at_chance(accuracy: float, label_counts: dict[str, int]) -> str | None:
+    """A one-line warning when an accuracy is no better than always answering the commonest label
+    (within two standard errors of that share on this many examples), else None."""
+    n = sum(label_counts.values())
+    if n == 0:
+        return None
+    name, top = max(label_counts.items(), key=lambda kv: kv[1])
+    share = top / n
+    if accuracy > share + 2 * (share * (1 - share) / n) ** 0.5:
+        return None
+    return (f"warning: validation accuracy {accuracy:.3f} is at chance: always answering {name!r} scores "
+            f"{share:.3f} on these {n} texts. The model learned nothing usable: more data, more epochs "
+            "(train.epochs), another learning rate (train.lr) or a pretrained model.name (docs/own-data.md)")

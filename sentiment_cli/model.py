@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sentiment_cli import hub
 from sentiment_cli.errors import ModelError
 from sentiment_cli.errors import first_line as _first_line
 from sentiment_cli.files import replaced_dir, write_json_atomic
@@ -142,6 +143,7 @@ def build(cfg: Config, label_names: Sequence[str], train_texts: Iterable[str] | 
     local = Path(name).is_dir()
     if local:
         check_folder(Path(name))
+    online = local or hub.go_offline_unless_reachable()  # offline: the cache at once, not a minute of retries
     try:
         if tokenizer is None:
             tokenizer = AutoTokenizer.from_pretrained(name, **_hf_kwargs(cfg.model.revision))
@@ -159,8 +161,35 @@ def build(cfg: Config, label_names: Sequence[str], train_texts: Iterable[str] | 
         )
     except (OSError, ValueError) as exc:
         hint = "" if local else " (offline? use a local folder, or --profile tiny)"
-        raise ModelError(f"cannot load model {name!r}: {_first_line(exc)}{hint}") from None
+        reason = _first_line(exc) if online else hub.unreachable_note(name)
+        raise ModelError(f"cannot load model {name!r}: {reason}{hint}") from None
+    usable = clamp_max_length(cfg.model.max_length, model.config, tokenizer, name)
+    tokenizer.model_max_length = min(usable, int(tokenizer.model_max_length or usable))
     return tokenizer, model
+
+
+def position_limit(model_config) -> int | None:
+    """The most tokens the model's position embeddings take (None when it does not say).
+    RoBERTa-style models count positions from padding_idx + 1: 514 entries hold 512 tokens."""
+    n = getattr(model_config, "max_position_embeddings", None)
+    if not isinstance(n, int) or n <= 0:
+        return None
+    kind = str(getattr(model_config, "model_type", ""))
+    if "roberta" in kind or kind in ("camembert", "longformer"):
+        n -= int(getattr(model_config, "pad_token_id", 1) or 1) + 1
+    return n
+
+
+def clamp_max_length(requested: int, model_config, tokenizer=None, name: str = "the model") -> int:
+    """requested, or what the model's positions (and its tokenizer) allow when that is less: said
+    in one line, instead of an index error deep in the embeddings at the first long text."""
+    limits = [n for n in (position_limit(model_config), getattr(tokenizer, "model_max_length", None))
+              if isinstance(n, int) and n > 0]
+    allowed = min(limits, default=requested)
+    if allowed >= requested:
+        return requested
+    print(f"note: model.max_length {requested} is more than {name} allows; using {allowed} tokens", flush=True)
+    return allowed
 
 
 def check_folder(folder: Path) -> None:
@@ -249,7 +278,7 @@ class Predictor:
 
         self.model = model.eval()
         self.tokenizer = tokenizer
-        self.max_length = max_length
+        self.max_length = clamp_max_length(max_length, model.config, tokenizer, name)
         self.batch_size = batch_size
         self.name = name
         self.version = version

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sentiment_cli import __version__, batches, checkpoints, data, files, launch, lineage, metrics, model, registry
+from sentiment_cli import __version__, artifacts, batches, checkpoints, data, launch, lineage, metrics, model, registry
 from sentiment_cli.checkpoints import State, StopRequest
 from sentiment_cli.cudagraph import GraphedStep, graphs_usable
 from sentiment_cli.errors import SentError, UsageError
@@ -161,7 +161,7 @@ def run(cfg: Config, resume: bool | str = False, profile: str | None = None) -> 
 
     # data, tokenizer, model
     data_meta = data.read_meta(cfg.paths.data_dir)
-    splits = data.load_splits(cfg.paths.data_dir, ("train", "validation"))
+    splits = data.training_splits(cfg)  # capped by data.max_train_samples when train is given it
     labels = list(data_meta["labels"])
     fetched, differ = lineage.fetched_data(cfg, data_meta)  # what fetch wrote, not this config's
     if accelerator.is_main_process:
@@ -469,8 +469,12 @@ def _finish(cfg: Config, accelerator, tokenizer, labels, state: State, data_meta
     best_model = AutoModelForSequenceClassification.from_pretrained(best, local_files_only=True,
                                                                     use_safetensors=True)
     checkpoints.publish(out, best_model, tokenizer, meta)
-    files.write_json_atomic(Path(launch.fuse_path(cfg.paths.metrics_dir)) / "train.json",
+    # numbers in train.json (DVC's metric), the run id and folder beside it in train.info.json
+    artifacts.write_metrics(Path(launch.fuse_path(cfg.paths.metrics_dir)) / "train.json",
                             {**summary, "mlflow_run_id": state.run_id, "model_dir": str(out)})
+    chance = metrics.at_chance(state.best_score, data_meta.get("label_counts", {}).get("validation", {}))
+    if chance:
+        print(chance, file=sys.stderr, flush=True)
     if cfg.mlflow.enabled:
         registry.log_metrics({"best_val_accuracy": state.best_score, "train_samples_per_second": speed,
                               "train_runtime_seconds": state.train_seconds})

@@ -4,6 +4,8 @@ model's numbers."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from sentiment_cli import artifacts, config
@@ -48,3 +50,38 @@ def test_a_hash_that_is_not_one_is_refused(cfg):
         artifacts.reference_for(cfg, "../../etc")
     with pytest.raises(artifacts.ArtifactError):
         artifacts.write_eval(cfg, {"accuracy": 1.0})  # no weights_sha256: cannot be filed
+
+
+def _leaves(node, prefix=""):
+    for key, value in node.items():
+        if isinstance(value, dict):
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def test_the_metrics_file_holds_numbers_only_and_readers_still_get_everything(cfg):
+    result = {"weights_sha256": B, "data_sha256": C, "split": "test", "labels": ["neg", "pos"],
+              "model_dir": "models/candidate", "mlflow_run_id": "0123abcd", "accuracy": 0.8, "n": 10,
+              "per_label": {"neg": {"f1": 0.7}}, "confusion_matrix": [[4, 1], [1, 4]],
+              "variants": {"torch-int8": {"accuracy": 0.79}, "onnx-int8": {"error": "cannot export"}}}
+    path = artifacts.write_eval(cfg, result)
+    numbers = dict(_leaves(json.loads(path.read_text())))
+    assert all(isinstance(v, int | float | list) and not isinstance(v, bool) for v in numbers.values()), numbers
+    assert not set(artifacts.INFO_KEYS) & {k.split(".")[0] for k in numbers}
+    info = json.loads(artifacts.info_path(path).read_text())
+    assert info["weights_sha256"] == B and info["mlflow_run_id"] == "0123abcd" and info["split"] == "test"
+    assert info["variants"] == {"onnx-int8": {"error": "cannot export"}}
+    # the keyed copy and the joined latest pair both give back the whole record
+    assert artifacts.read_metrics(path) == result
+    artifacts._keyed(cfg, B, artifacts.EVAL_FILE).unlink()
+    found, where = artifacts.eval_for(cfg, B)
+    assert found == result and where == path
+    assert artifacts.variant_accuracy(cfg, B, "torch-int8")[:2] == (0.8, 0.79)
+
+
+def test_an_eval_json_from_an_older_sent_with_everything_in_it_still_reads(cfg):
+    path = artifacts._dir(cfg) / artifacts.EVAL_FILE
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"weights_sha256": A, "split": "test", "accuracy": 0.7}))
+    assert artifacts.eval_for(cfg, A)[0]["accuracy"] == 0.7

@@ -75,6 +75,6 @@ def test_user_errors_exit_1_without_traceback(workdir, args, fragment):
 
 def test_bad_table_leaves_no_output(workdir):
     (workdir / "bad.csv").write_text("text,label\nfine,0\ngood,7\n")
-    result = runner.invoke(app, ["fetch", "--set", "data.source=bad.csv"])
+    result = runner.invoke(app, ["fetch", "--set", "data.source=bad.csv", "--set", "data.label_names=neg,pos"])
     assert result.exit_code == 1 and "outside the label set" in result.output
     assert not (workdir / "data").exists() or not any((workdir / "data").iterdir())

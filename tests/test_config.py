@@ -81,7 +81,7 @@ def test_resolved_config_is_read_only_and_round_trips(tmp_path):
     assert config.to_dict(again) == config.to_dict(cfg)
     flat = config.flatten(cfg)
     assert flat["train.epochs"] == str(cfg.train.epochs)
-    assert flat["data.label_names"] == '["neg", "pos"]'
+    assert flat["eval.compare"] == '["torch-int8", "onnx-int8"]'  # lists as JSON
 
 
 INT_KEYS = ["train.epochs", "train.batch_size", "train.eval_batch_size", "seed", "eval.batch_size"]

@@ -834,3 +834,70 @@ def test_dvc_repro_end_to_end(tmp_path: Path) -> None:
     # a second run does nothing: no stage depends on something that changes by itself
     assert "Running stage" not in run(dvc, "repro")
     assert json.loads(run(dvc, "status", "--json")) == {}
+
+
+def test_dvc_fetch_depends_on_the_own_data_folder(dvc_yaml: dict, params: dict) -> None:
+    """A table of the user's own lives in data/raw/ (named in data.source): the fetch stage
+    depends on that folder, which the repository ships (so a fresh clone can run the stage)."""
+    assert "data/raw" in _paths(dvc_yaml["stages"]["fetch"]["deps"])
+    assert (ROOT / "data" / "raw" / "README.md").is_file()
+    result = subprocess.run(["git", "check-ignore", "-q", "data/raw/README.md"], cwd=ROOT)
+    assert result.returncode == 1, "data/raw/ must not be git-ignored: the fetch stage depends on it"
+    for stage in ("train", "eval"):  # metrics files hold numbers; what they belong to is an output
+        info = f"{params['paths']['metrics_dir']}/{stage}.info.json"
+        assert info in _paths(dvc_yaml["stages"][stage]["outs"])
+
+
+def test_dvc_sees_an_edited_own_table_and_shows_only_numbers_as_metrics(tmp_path: Path) -> None:
+    """Real DVC in a fresh copy: `dvc status` reports the fetch stage changed after the user's
+    CSV is edited, and `dvc metrics show` lists numbers, never a hash, run id, path or split."""
+    import pandas as pd
+
+    from sentiment_cli import artifacts
+
+    dvc, sent, git = _tool("dvc"), _tool("sent"), shutil.which("git")
+    if not (dvc and sent and git and (ROOT / ".git").exists()):
+        pytest.skip("needs dvc, sent and git, in a git checkout")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _copy_repository(repo)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["data"].update(source="data/raw/reviews.csv", text_column="review", label_column="sentiment")
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    table = repo / "data" / "raw" / "reviews.csv"
+    pd.DataFrame({"review": [f"review {i} {'good' if i % 2 else 'bad'}" for i in range(60)],
+                  "sentiment": ["positive" if i % 2 else "negative" for i in range(60)]}).to_csv(table, index=False)
+    env = {**os.environ, "PATH": f"{Path(sent).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
+
+    def run(*argv: str) -> str:
+        result = subprocess.run(argv, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, f"{' '.join(argv)}:\n{result.stdout}\n{result.stderr}"
+        return result.stdout
+
+    run(git, "init", "-q")
+    run(git, "add", "-A")
+    run(git, "commit", "-q", "-m", "copy")
+    run(dvc, "repro", "fetch")
+    assert json.loads((repo / "data/processed/meta.json").read_text())["labels"] == ["negative", "positive"]
+    assert json.loads(run(dvc, "status", "fetch", "--json")) == {}
+    with table.open("a") as fh:
+        fh.write("a review added later,positive\n")
+    status = json.loads(run(dvc, "status", "fetch", "--json"))
+    assert "fetch" in status and "data/raw" in json.dumps(status["fetch"]), status
+
+    record = {"weights_sha256": "a" * 64, "data_sha256": "b" * 64, "mlflow_run_id": "0123abcd", "split": "test",
+              "model_dir": "models/candidate", "labels": ["negative", "positive"], "accuracy": 0.75, "n": 20,
+              "variants": {"onnx-int8": {"error": "cannot export"}, "torch-int8": {"accuracy": 0.7}}}
+    artifacts.write_metrics(repo / "metrics" / "eval.json", record)
+    artifacts.write_metrics(repo / "metrics" / "train.json", {"val_accuracy": 0.7, "mlflow_run_id": "0123abcd",
+                                                               "model_dir": "models/candidate", "history": []})
+    shown = json.loads(run(dvc, "metrics", "show", "--json"))[""]["data"]
+
+    def leaves(node):
+        for value in node.values():
+            yield from leaves(value) if isinstance(value, dict) else [value]
+
+    values = [v for f in ("metrics/eval.json", "metrics/train.json") for v in leaves(shown[f]["data"])]
+    assert values and all(isinstance(v, int | float) for v in values), shown

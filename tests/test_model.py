@@ -149,3 +149,80 @@ def test_a_version_registered_before_content_hashing_still_verifies_with_a_warni
     legacy = model.legacy_weights_sha256(tiny_folder)
     assert model.verify_weights(tiny_folder, legacy, "the registry tag") == model.weights_sha256(tiny_folder)
     assert "predates content hashing" in capsys.readouterr().err
+
+
+def test_an_unreachable_hub_fails_at_once_with_the_hint_without_asking_it(tmp_path, monkeypatch):
+    """Offline without HF_HUB_OFFLINE: one refused connect, then the cache only (no retries)."""
+    import os
+
+    import huggingface_hub.constants as hub_constants
+    import huggingface_hub.file_download as file_download
+
+    from sentiment_cli import hub, servers
+
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{servers.free_port()}")  # nothing listens there
+    asked = []
+
+    def metadata(*args, **kwargs):  # the request huggingface_hub retries when the network is down
+        asked.append(args)
+        raise AssertionError("asked the Hub")
+
+    monkeypatch.setattr(file_download, "get_hf_file_metadata", metadata)
+    hub.reachable.cache_clear()
+    cfg = config.load("cpu", ["model.name=some-org/not-a-model"], root=tmp_path)
+    try:
+        with pytest.raises(ModelError) as info:
+            model.build(cfg, ["neg", "pos"])
+        assert "the Hugging Face Hub cannot be reached and 'some-org/not-a-model' is not in the local cache" \
+            in str(info.value) and "offline?" in str(info.value) and "\n" not in str(info.value)
+        assert asked == []
+        assert os.environ["HF_HUB_OFFLINE"] == "1" and hub_constants.HF_HUB_OFFLINE is True  # for the process
+    finally:
+        hub.reachable.cache_clear()
+
+
+def test_reachable_asks_once_and_honours_hf_hub_offline(monkeypatch):
+    from sentiment_cli import hub
+
+    calls = []
+    monkeypatch.setattr(hub.socket, "create_connection", lambda *a, **k: calls.append(a) or __import__("io").BytesIO())
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    hub.reachable.cache_clear()
+    try:
+        assert hub.reachable() and hub.reachable() and len(calls) == 1
+        hub.reachable.cache_clear()
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        assert not hub.reachable() and len(calls) == 1  # offline by choice: not even one connect
+    finally:
+        hub.reachable.cache_clear()
+
+
+def test_a_folder_with_fewer_positions_than_max_length_is_clamped_with_one_line(tmp_path, capsys):
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from sentiment_cli import batches
+
+    tok = model.train_tokenizer(TEXTS * 3, 200)
+    net = BertForSequenceClassification(BertConfig(
+        vocab_size=len(tok), hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+        max_position_embeddings=16, num_labels=2))
+    folder = tmp_path / "short"
+    net.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    cfg = config.load("cpu", [f"model.name={folder}", "model.max_length=64"], root=tmp_path)
+    long_text = "great movie " * 40
+    tok2, net2 = model.build(cfg, ["neg", "pos"])
+    out = capsys.readouterr().out
+    assert f"note: model.max_length 64 is more than {folder} allows; using 16 tokens" in out
+    ds = batches.EncodedDataset(tok2, [long_text], [0], cfg.model.max_length)  # what train feeds it
+    assert ds.lengths == [16]
+    assert net2(input_ids=torch.tensor(ds.input_ids)).logits.shape == (1, 2)
+    # eval and serve: a Predictor asked for more (sent.json's or the default 128) gets what fits
+    pred = model.Predictor(net2, tok2, max_length=128, name="short")
+    assert pred.max_length == 16 and pred.predict([long_text])[0].label in ("neg", "pos")
+    assert "using 16 tokens" in capsys.readouterr().out

@@ -153,10 +153,12 @@ class DriftEffects:
     labels: float = MISSING
     confidence: float = MISSING
     positive_probability: float = MISSING
+    mean_probability: float = MISSING
     length_chars: float = MISSING
     length_tokens: float = MISSING
     uppercase: float = MISSING
     oov: float = MISSING
+    word_pairs: float = MISSING
     words: float = MISSING
     embeddings: float = MISSING
 

@@ -5,7 +5,7 @@ Writes: metrics/eval.json (accuracy, f1, precision, recall, loss, n, confusion m
 each variant in eval.compare its accuracy and agreement with fp32: what `sent serve` checks
 before it serves a faster variant),
 metrics/reference.json + reference.npz (what drift compares live traffic with: held-out predictions,
-text statistics, a bounded sample with its sentence embeddings, the training vocabulary),
+text statistics, a bounded sample with its sentence embeddings, the training vocabulary and word pairs),
 reports/confusion_matrix.png,
 reports/confusion_matrix.csv (actual,predicted per row, for `dvc plots`), reports/misclassified.csv;
 logs all of it to the model's MLflow run.
@@ -63,7 +63,7 @@ def write_drift_reference(cfg: Config, predictor, texts: list[str], probs: np.nd
     embeddings (the current window is tested against that sample), and the training vocabulary.
 
     Confidence and labels come from held-out predictions only (a model is over-confident on its
-    own training data); only the vocabulary is read from the training split."""
+    own training data); only the vocabulary and its word pairs are read from the training split."""
     summary = reference_stats(texts, probs, predictor.labels, [int(x) for x in token_lengths])
     rng = np.random.default_rng(cfg.seed)
     n = min(len(texts), cfg.drift.reference_sample)
@@ -71,6 +71,7 @@ def write_drift_reference(cfg: Config, predictor, texts: list[str], probs: np.nd
     sample_texts = [texts[i] for i in idx]
     train_texts = data.load_splits(cfg.paths.data_dir, ("train",))["train"]["text"].tolist()
     vocab = textstats.vocabulary(train_texts)
+    pairs = textstats.word_pairs(train_texts)
     arrays = {"probabilities": probs[idx].astype(np.float32),
               "length_tokens": np.asarray(token_lengths, dtype=np.float32)[idx]}
     if cfg.drift.embeddings:
@@ -82,6 +83,7 @@ def write_drift_reference(cfg: Config, predictor, texts: list[str], probs: np.nd
         "model_dir": str(folder),
         "sample": {"n": n, "seed": cfg.seed, "texts": sample_texts},
         "vocabulary": {"source": "train", "size": len(vocab), "words": vocab},
+        "word_pairs": {"source": "train", "size": len(pairs), "pairs": pairs},
     }
     return artifacts.write_reference(cfg, reference, arrays=arrays)
 

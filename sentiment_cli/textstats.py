@@ -5,6 +5,8 @@ compute the same way: one definition, so a reference and a window are always com
 - vocabulary(): the most frequent words of a corpus (the training split), for out-of-vocabulary shares.
 - uppercase_share(): per text, the share of its letters in upper case.
 - oov_share(): per text, the share of its words missing from that vocabulary.
+- word_pairs(), unseen_pair_share(): the most frequent adjacent word pairs of the training split,
+  and per text the share of its pairs missing from them (text from elsewhere: new word orders).
 - bag_of_words(): a sparse texts × words count matrix over a fixed word index (+ one "other" column).
 - token_lengths(): tokens per text under the model's own tokenizer (truncated as the model sees it).
 """
@@ -21,6 +23,7 @@ WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?")
 LETTER = re.compile(r"[^\W\d_]")
 UPPER = re.compile(r"[A-ZÀ-ÖØ-ÞΑ-ΩА-Я]")  # upper-case letters of the Latin, Greek and Cyrillic scripts
 MAX_VOCABULARY = 30000  # words kept from the training split: RT's whole train vocabulary is ~18k
+MAX_WORD_PAIRS = 150000  # adjacent word pairs kept from the training split: RT's train has ~90k
 
 
 def words(text: str) -> list[str]:
@@ -64,6 +67,30 @@ def oov_share(texts: Sequence[str], vocab: set[str] | frozenset[str]) -> np.ndar
         ws = words(t)
         if ws:
             out[i] = sum(w not in vocab for w in ws) / len(ws)
+    return out
+
+
+def _pairs(text: str) -> list[str]:
+    ws = words(text)
+    return [f"{a} {b}" for a, b in zip(ws, ws[1:], strict=False)]
+
+
+def word_pairs(texts: Iterable[str], max_size: int = MAX_WORD_PAIRS) -> list[str]:
+    """The max_size most frequent adjacent word pairs ("a b"), most frequent first (ties
+    alphabetical: deterministic)."""
+    counts: Counter = Counter()
+    for t in texts:
+        counts.update(_pairs(t))
+    return [w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:max_size]]
+
+
+def unseen_pair_share(texts: Sequence[str], pairs: set[str] | frozenset[str]) -> np.ndarray:
+    """Per text, the share of its adjacent word pairs not in pairs (0 for a text of one word)."""
+    out = np.zeros(len(texts), dtype=np.float64)
+    for i, t in enumerate(texts):
+        ps = _pairs(t)
+        if ps:
+            out[i] = sum(p not in pairs for p in ps) / len(ps)
     return out
 
 

@@ -105,8 +105,8 @@ def test_serve_log_to_reports_and_exit_statuses(pipeline, tmp_path):
     assert doc["window"]["n"] == 200 and doc["window"]["model_version"] == _version(pipeline)
     assert doc["reference"]["weights_sha256"].startswith(_version(pipeline)[7:])
     names = [t["name"] for t in doc["tests"]]
-    assert names == ["labels", "confidence", "positive_probability", "length_chars", "length_tokens",
-                     "uppercase", "oov", "words", "embeddings"]
+    assert names == ["labels", "confidence", "positive_probability", "mean_probability", "length_chars",
+                     "length_tokens", "uppercase", "oov", "word_pairs", "words", "embeddings"]
     for t in doc["tests"]:
         assert {"statistic", "p_value", "p_adjusted", "effect", "threshold", "n_reference", "n_current",
                 "drift"} <= set(t)

@@ -35,6 +35,87 @@ def test_holm_known_values():
 
 
 @SETTINGS
+@given(p_values, st.data())
+def test_weighted_holm_is_bounded_never_below_raw_and_monotone_in_p_over_w(ps, data):
+    ws = data.draw(st.lists(st.floats(0.01, 10.0), min_size=len(ps), max_size=len(ps)))
+    adj = stats.holm(ps, ws)
+    for p, a in zip(ps, adj, strict=True):
+        assert p <= a + 1e-15 and 0 < a <= 1.0
+    ratio = np.array(ps) / np.array(ws)
+    ranked = [adj[i] for i in np.argsort(ratio, kind="stable")]
+    assert all(x <= y + 1e-15 for x, y in zip(ranked, ranked[1:], strict=False))
+
+
+def test_weighted_holm_known_values_and_equal_weights_are_plain_holm():
+    ps = [0.01, 0.04, 0.03]
+    assert stats.holm(ps, [2.0, 2.0, 2.0]) == pytest.approx(stats.holm(ps))
+    # weights 0.5/0.25/0.25: 0.01/0.5 ranks first (x 1/0.5), then 0.03/0.25 (x 0.5/0.25), then 0.04
+    assert stats.holm(ps, [0.5, 0.25, 0.25]) == pytest.approx([0.02, 0.06, 0.06])
+    with pytest.raises(ValueError):
+        stats.holm(ps, [1.0, 0.0, 1.0])
+
+
+def test_weighted_holm_keeps_the_family_wise_error_rate_under_the_null():
+    rng = np.random.default_rng(3)
+    weights = list(detect.WEIGHTS.values())
+    assert sum(weights) == pytest.approx(1.0) and set(detect.WEIGHTS) == set(detect.TESTS)
+    # correlated uniform p-values (a shared factor), one per test, all null
+    z = rng.normal(size=(4000, 1)) * 0.8 + rng.normal(size=(4000, len(weights))) * 0.6
+    from scipy.stats import norm
+
+    p = 2 * norm.sf(np.abs(z / np.sqrt(0.8**2 + 0.6**2)))
+    rejected = np.array([min(stats.holm(row, weights)) <= 0.05 for row in p])
+    assert rejected.mean() <= 0.05 + 0.01  # 4000 draws: 0.01 is about three standard errors
+
+
+def test_mean_test_sees_a_prior_shift_and_not_identical_samples():
+    rng = np.random.default_rng(0)
+    ref = rng.beta(0.5, 0.5, 1000)
+    same = stats.mean_test("m", ref, ref, 0.05)
+    assert same.p_value == pytest.approx(1.0) and same.effect == 0
+    # 70/30 instead of 50/50: positives' probabilities near 1, negatives' near 0
+    pos, neg = rng.beta(5, 1, 140), rng.beta(1, 5, 60)
+    shifted = stats.mean_test("m", ref, np.concatenate([pos, neg]), 0.05)
+    assert shifted.p_value < 1e-3 and shifted.effect > 0.1
+    tiny = stats.mean_test("m", ref, ref[:1], 0.05)
+    assert tiny.p_value == 1.0
+
+
+@SETTINGS
+@given(st.integers(0, 10_000), st.integers(30, 300))
+def test_tail_test_is_exact_enough_and_never_fires_on_exchangeable_scores(seed, n):
+    rng = np.random.default_rng(seed)
+    scores = rng.choice([0.0, 0.5, 1.0], size=3 * n, p=[0.6, 0.3, 0.1])  # heavy ties
+    r = stats.tail_test("t", "score", scores[n:], scores[:n], 0.05)
+    assert 0 < r.p_value <= 1
+    far = r.detail["reference_far_out"] + r.detail["current_far_out"]
+    assert far in ((scores > r.detail["cut"]).sum(), (scores >= r.detail["cut"]).sum()) and far > 0
+
+
+def test_tail_test_keeps_its_level_under_the_null():
+    rng = np.random.default_rng(11)
+    p = [stats.tail_test("t", "score", rng.normal(size=1000), rng.normal(size=200), 0.0).p_value
+         for _ in range(400)]
+    assert np.mean(np.array(p) <= 0.05) <= 0.05 + 0.03  # one-sided, discrete: at most alpha (+ noise)
+
+
+def test_word_pairs_see_a_minority_of_word_salad():
+    train = ["a fine film with a good story", "the acting is dull and the story is thin",
+             "a good film", "the story is good"] * 10
+    pairs = frozenset(textstats.word_pairs(train))
+    assert "a good" in pairs and "good a" not in pairs
+    assert textstats.unseen_pair_share(["a good film", "film good a", "word"], pairs).tolist() == [0.0, 1.0, 0.0]
+    rng = np.random.default_rng(2)
+    reviews = [" ".join(t.split()[: rng.integers(2, 7)]) for t in rng.choice(train, 1200)]
+    vocab = sorted({w for t in train for w in t.split()})
+    salad = [" ".join(rng.choice(vocab, 6)) for _ in range(20)]
+    ref = textstats.unseen_pair_share(reviews[:1000], pairs)
+    cur = textstats.unseen_pair_share(reviews[1000:1180] + salad, pairs)
+    r = stats.tail_test("word_pairs", "unseen pairs", ref, cur, 0.05)
+    assert r.p_value < 1e-4 and r.effect > 0.05
+
+
+@SETTINGS
 @given(st.lists(st.floats(-5, 5, allow_nan=False), min_size=1, max_size=200), st.floats(-10, 10))
 def test_permutation_p_value_is_never_zero_and_at_most_one(null, observed):
     p = stats.perm_p_value(np.array(null), observed)
@@ -66,8 +147,8 @@ class _Over:
         return self._c.get(k, getattr(self._b, k))
 
 
-VOCAB = detect.Vocabulary(["good", "bad", "film", "movie", "great", "dull", "story", "acting", "the", "a"])
 WORDS = ["good", "bad", "film", "movie", "great", "dull", "story", "acting", "the", "a"]
+VOCAB = detect.Vocabulary(WORDS, [f"{a} {b}" for a in ("the", "a", "good", "bad", "film") for b in WORDS])
 
 
 def _features(rng: np.random.Generator, n: int, shift: float = 0.0, foreign: bool = False) -> detect.Features:
@@ -111,7 +192,7 @@ def test_a_shifted_sample_drifts(seed):
                                        _drift_cfg(permutations=199), ["neg", "pos"], seed)
     assert drift
     hit = {r.name for r in results if r.drift}
-    assert {"oov", "words", "positive_probability", "embeddings"} <= hit
+    assert {"oov", "words", "positive_probability", "mean_probability", "word_pairs", "embeddings"} <= hit
 
 
 def test_a_trivial_shift_in_a_huge_window_is_significant_but_below_the_floor():

@@ -102,12 +102,13 @@ class Monitor:
         self.reference, self.reference_path = artifacts.reference_for(cfg, self.sha)
         sample = self.reference.get("sample") or {}
         vocab = (self.reference.get("vocabulary") or {}).get("words")
+        pairs = (self.reference.get("word_pairs") or {}).get("pairs")  # None: made before word pairs
         arrays = artifacts.reference_arrays(self.reference_path, self.sha)
         if not sample.get("texts") or vocab is None or "probabilities" not in arrays:
             raise artifacts.ArtifactError(f"{self.reference_path} was made by an older sent (no held-out "
                                           "sample): run `sent eval` on this model again")
         self.labels = [str(x) for x in self.reference["labels"]]
-        self.vocab = detect.Vocabulary(vocab)
+        self.vocab = detect.Vocabulary(vocab, pairs)
         self.ref = detect.features(sample["texts"], arrays["probabilities"], arrays["length_tokens"],
                                    self.vocab, arrays.get("embeddings"))
         self._predictor = None

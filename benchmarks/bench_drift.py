@@ -488,7 +488,7 @@ def scenarios(only: set[str], bench: Bench, run, g, labels: np.ndarray, n_pool: 
         run(windows(args.power_windows, lambda: [("heldout", by_label(g, labels, 200, 0.7))]), "label prior 70/30", 5)
 
 
-def plot(grid: list[dict], path: Path) -> None:
+def plot(grid: list[dict], path: Path, what: str = "Faker sentences (lower-cased)") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -501,7 +501,7 @@ def plot(grid: list[dict], path: Path) -> None:
         ax.errorbar(mixes, [x["rate"] for x in pts],
                     yerr=[[x["rate"] - x["wilson95"][0] for x in pts], [x["wilson95"][1] - x["rate"] for x in pts]],
                     marker="o", capsize=3, label=f"window {n}")
-    ax.set_xlabel("Faker sentences mixed into held-out reviews (%)")
+    ax.set_xlabel(f"{what} mixed into held-out reviews (%)")
     ax.set_ylabel("share of windows flagged")
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)

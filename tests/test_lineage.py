@@ -91,7 +91,7 @@ def test_a_run_on_fetched_csv_data_records_that_data_and_warns_about_the_config(
     capsys.readouterr()
     trained = runner.invoke(app, ["train", "--profile", "tiny", *sets])
     assert trained.exit_code == 0, trained.output
-    warning = [line for line in trained.output.splitlines() if line.startswith("warning:")]
+    warning = [line for line in trained.output.splitlines() if line.startswith("warning: this run trains on")]
     assert len(warning) == 1 and "data.source is 'reviews.csv' there, 'builtin:rt-polarity' here" in warning[0]
 
     meta = model.read_meta("models/candidate")

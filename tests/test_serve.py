@@ -489,6 +489,39 @@ def test_the_page_is_self_contained(client):
     assert "default-src 'none'" in r.headers["content-security-policy"]
 
 
+def test_predict_takes_the_inputs_body_of_mlflow_and_hugging_face_servers(client):
+    texts = ["a charming film", "dull and far too long"]
+    native = client.post("/predict", json={"texts": texts}).json()["predictions"]
+    listed = client.post("/predict", json={"inputs": texts})
+    assert listed.status_code == 200, listed.text
+    assert listed.json()["predictions"] == native
+    one = client.post("/predict", json={"inputs": texts[0]})
+    assert one.status_code == 200 and one.json()["predictions"] == native[:1]
+    for body in ({"inputs": texts[0], "text": texts[0]}, {"inputs": []}, {"inputs": "   "}, {"inputs": 3}):
+        r = client.post("/predict", json=body)
+        assert r.status_code == 422, (body, r.text)
+    assert '"inputs"' in client.post("/predict", json={"inputs": "x", "texts": ["y"]}).json()["detail"]
+    body = client.get("/schema/openapi.json").json()["paths"]["/predict"]["post"]["requestBody"]["content"][
+        "application/json"]["schema"]
+    assert {"text", "texts", "inputs"} <= set(body["properties"]) and any("inputs" in e for e in body["examples"])
+
+
+def test_the_schema_page_renders_offline_from_this_server_only(client):
+    import re
+
+    r = client.get("/schema")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    page = r.text
+    assert "<code>POST /predict</code>" in page and "inputs" in page and "minProperties" in page
+    assert "<script" not in page
+    for external in ("http://", "https://", "//cdn", "unpkg", "jsdelivr"):
+        assert external not in page, external
+    linked = re.findall(r"""(?:src|href)=['"]([^'"]+)""", page)
+    assert "/schema/openapi.json" in linked
+    for url in linked:  # every asset it names is served here
+        assert url.startswith("/") and client.get(url).status_code == 200, url
+
+
 # ---------------------------------------------------------------- schemathesis
 
 

@@ -20,7 +20,15 @@ from sentiment_cli import web
 from sentiment_cli.loading import load_predictor, resolve
 from sentiment_cli.model import Predictor
 from sentiment_cli.serve import follow as follow_mod
-from sentiment_cli.serve.contract import JSON_TYPES, PredictionOut, PredictResponse, request_schema, request_type
+from sentiment_cli.serve.contract import (
+    JSON_TYPES,
+    BodyDecoder,
+    PredictionOut,
+    PredictResponse,
+    docs_page_plugin,
+    request_schema,
+    request_type,
+)
 from sentiment_cli.serve.service import Refused, Service
 from sentiment_cli.web import ErrorBody
 
@@ -56,7 +64,8 @@ def _error_specs(cfg: Config) -> dict[int, Any]:
         400: spec("The body is not valid JSON."),
         413: spec(f"The body is over {s.max_body_bytes} bytes."),
         415: spec("The body is not application/json."),
-        422: spec(f"Not {{\"text\": ...}} or {{\"texts\": [...]}}; an empty text; over {s.max_texts} "
+        422: spec(f"Not {{\"text\": ...}}, {{\"texts\": [...]}} or {{\"inputs\": ...}}; an empty text; "
+                  f"over {s.max_texts} "
                   f"texts; a text over {s.max_text_chars} characters."),
         503: spec("The model is still loading, too much work is queued (serve.max_queued_texts), or "
                   "the server is shutting down: retry after the Retry-After header's seconds."),
@@ -114,7 +123,7 @@ def _predict_route(cfg: Config, service: Service):
 
     s, m = cfg.serve, service.metrics
     req_type = request_type(s.max_texts, s.max_text_chars)
-    decoder = msgspec.json.Decoder(req_type)
+    decode = BodyDecoder(s.max_texts, s.max_text_chars)
 
     def reject(status: int, reason: str, detail: str) -> HTTPException:
         m.rejected.labels(reason).inc()
@@ -133,16 +142,17 @@ def _predict_route(cfg: Config, service: Service):
                              f"request body is over {s.max_body_bytes} bytes") from None
             raise
         try:
-            data = decoder.decode(body)
+            texts = decode(body)
         except msgspec.ValidationError as exc:
             raise reject(422, "invalid", f"invalid request: {exc}") from None
         except msgspec.DecodeError as exc:
             raise reject(400, "malformed_json", f"body is not valid JSON: {exc}") from None
         except UnicodeDecodeError as exc:  # a string holding bytes that are not UTF-8
             raise reject(400, "malformed_json", f"body is not valid UTF-8 JSON ({exc.reason})") from None
-        if (data.texts is msgspec.UNSET) == (data.text is msgspec.UNSET):
-            raise reject(422, "invalid", 'send exactly one of "text" (a string) or "texts" (a list)')
-        return list(data.texts) if data.texts is not msgspec.UNSET else [data.text]
+        if texts is None:
+            raise reject(422, "invalid", 'send exactly one of "text" (a string), "texts" (a list) or "inputs" '
+                                         "(either)")
+        return texts
 
     @post("/predict", status_code=200, operation_class=_operation_with_body(request_schema(req_type)),
           responses=_error_specs(cfg),
@@ -221,6 +231,7 @@ def create_app(cfg: Config, predictor: Predictor | None = None, model_uri: str |
     """
     from litestar import Litestar, Request, Response
     from litestar.openapi import OpenAPIConfig
+    from litestar.openapi.plugins import JsonRenderPlugin
 
     from sentiment_cli import __version__
 
@@ -257,7 +268,9 @@ def create_app(cfg: Config, predictor: Predictor | None = None, model_uri: str |
         openapi_config=OpenAPIConfig(
             title="sent", version=__version__, path="/schema",
             description="Sentiment classification of short reviews. POST /predict with "
-                        '{"text": "..."} or {"texts": ["...", ...]}.'),
+                        '{"text": "..."} or {"texts": ["...", ...]}, or {"inputs": ...} as MLflow and '
+                        "Hugging Face model servers take it.",
+            render_plugins=[docs_page_plugin(), JsonRenderPlugin()]),
         # Handlers' annotations are strings (postponed evaluation); these names resolve them.
         signature_namespace={"Request": Request, "Response": Response},
         logging_config=None,  # uvicorn owns logging; an app must not reconfigure the process

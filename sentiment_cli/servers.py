@@ -50,6 +50,7 @@ class Server:
     process: subprocess.Popen
     url: str
     output: Path
+    group: bool = False  # the process leads its own group: signals go to the whole group
 
     def text(self) -> str:
         """Everything the server printed so far."""
@@ -57,13 +58,19 @@ class Server:
 
     def stop(self, timeout: float = 30.0) -> int:
         """SIGTERM, then wait (SIGKILL after timeout); returns the exit status."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+        self._signal(signal.SIGTERM)
         try:
             return self.process.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.process.kill()
+            self._signal(signal.SIGKILL)
             return self.process.wait()
+
+    def _signal(self, sig: int) -> None:
+        if self.group:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, sig)
+        elif self.process.poll() is None:
+            self.process.send_signal(sig)
 
 
 def wait_ready(server: Server, timeout: float, path: str = "/readyz") -> None:
@@ -83,18 +90,22 @@ def wait_ready(server: Server, timeout: float, path: str = "/readyz") -> None:
 @contextlib.contextmanager
 def running(argv: Sequence[str], *, cwd: str | Path, output: str | Path, port: int | None = None,
             ready_timeout: float = 120.0, stop_timeout: float = 30.0,
-            env: dict[str, str] | None = None) -> Iterator[Server]:
-    """Run argv + ["--host", "127.0.0.1", "--port", PORT], yield it once /readyz is 200, then
-    stop it with SIGTERM. The server's output goes to `output`."""
+            env: dict[str, str] | None = None, ready_path: str = "/readyz",
+            group: bool = False) -> Iterator[Server]:
+    """Run argv + ["--host", "127.0.0.1", "--port", PORT], yield it once ready_path is 200, then
+    stop it with SIGTERM. The server's output goes to `output`. group=True: the server runs in
+    its own process group and the whole group is stopped (for servers, like `mlflow models
+    serve`, that leave their workers behind when only the parent is signalled)."""
     port = port or free_port()
     output = Path(output)
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     with output.open("ab") as out:
         proc = subprocess.Popen([*argv, "--host", "127.0.0.1", "--port", str(port)], cwd=cwd,
-                                stdout=out, stderr=subprocess.STDOUT, env=full_env)
-    server = Server(proc, f"http://127.0.0.1:{port}", output)
+                                stdout=out, stderr=subprocess.STDOUT, env=full_env,
+                                start_new_session=group)
+    server = Server(proc, f"http://127.0.0.1:{port}", output, group)
     try:
-        wait_ready(server, ready_timeout)
+        wait_ready(server, ready_timeout, ready_path)
         yield server
     finally:
         server.stop(stop_timeout)

@@ -6,10 +6,23 @@
 Every server configuration is started with uvicorn (1 worker) on 127.0.0.1 and warmed up; they
 wait side by side, idle, and are driven one at a time (never two at once: they share the cores)
 by a closed-loop load generator (aiohttp; each of C clients sends its next request when the last
-one answers) at concurrency 1 and 16 for --duration seconds each. All of that --runs times, the
-order rotated each run, and the median of the runs is reported. Then `sent serve` is driven
-open-loop (Poisson arrivals at a fixed rate, latency counted from the scheduled send time) at
-half the peak it reached.
+one answers) at concurrency 1 and 16 for --duration seconds each, in two scenarios:
+
+- quiet: nothing else of this script's running;
+- busy: --busy background processes, each a pure-Python busy loop (one core each), started just
+  before the scenario and stopped right after it (in a `finally`, and each ends by itself after
+  a deadline, so no load outlives the script): a neighbour that wants that many cores, as on a
+  shared CI runner or a busy host.
+
+In each scenario the in-process ceiling is measured too: the ONNX int8 model run by this process
+as `sent serve --runtime onnx --quantize` runs it (one text per pass, cores + 1 lanes), no HTTP,
+under the same load. All of that --runs times, the server order rotated each run, and the median
+of the runs is reported. For every server the script also records its CPU time per request
+(/proc) and, for `sent serve`, the time per request spent inside the model call (its
+sent_forward_seconds metric): at concurrency 1 the rest of the latency is the server's own
+overhead (HTTP, JSON, batching, metrics, the prediction log) plus the load generator's.
+Then `sent serve` is driven open-loop (Poisson arrivals at a fixed rate, latency counted from the
+scheduled send time) at half the peak it reached, on the quiet machine.
 Last, each faster variant (torch int8, ONNX Runtime fp32 and int8) against the fp32 torch model
 on the Rotten Tomatoes test split: agreement and accuracy (accuracy only means something for a
 fine-tuned --model; with random weights `sent serve` runs with --no-accuracy-gate).
@@ -77,9 +90,9 @@ class Config:
     kind: str  # naive | sent
 
 
-def configs(model: Path, work: Path, threads: list[int]) -> list[Config]:
+def configs(model: Path, work: Path, threads: list[int], onnx_cache: Path) -> list[Config]:
     sent = [sys.executable, "-m", "sentiment_cli.cli", "serve", "--model", str(model), "--no-accuracy-gate",
-            "--set", f"paths.prediction_log={work / 'predictions'}", "--set", f"paths.onnx_cache={work / 'onnx'}"]
+            "--set", f"paths.prediction_log={work / 'predictions'}", "--set", f"paths.onnx_cache={onnx_cache}"]
     naive = [sys.executable, str(HERE / "naive_server.py"), "--model", str(model)]
     out = [Config("naive", naive, "naive"), Config("naive-serial", [*naive, "--serial"], "naive")]
     for t in threads:
@@ -94,13 +107,14 @@ def configs(model: Path, work: Path, threads: list[int]) -> list[Config]:
 
 @contextlib.contextmanager
 def server(config: Config, workdir: Path):
-    """The server of `config` on a free port, ready; stopped with SIGTERM (servers.running)."""
+    """The server of `config` on a free port, ready (a servers.Server: url, process); stopped
+    with SIGTERM (servers.running)."""
     from sentiment_cli import servers
 
     try:
         with servers.running(config.args, cwd=workdir, output=workdir / f"{config.name}.log",
                              ready_timeout=300, stop_timeout=60) as running:
-            yield running.url
+            yield running
     except servers.ServerFailed as exc:
         raise RuntimeError(f"{config.name}: {str(exc).splitlines()[0]}; see {config.name}.log") from None
 
@@ -117,7 +131,13 @@ class Result:
     p50_ms: float
     p99_ms: float
     max_ms: float
+    mean_ms: float
     loadavg: float  # the machine's 1-minute load average at the end: other tenants show here
+    loadavg_before: float | None = None
+    cpu_ms_per_req: float | None = None  # the server process's CPU time (all its threads)
+    client_cpu_ms_per_req: float | None = None  # the load generator's (this process), same cores
+    model_ms_per_req: float | None = None  # sent serve: wall time inside the model call
+    outside_ms: float | None = None  # mean latency less model_ms_per_req (meaningful at C = 1)
 
 
 def summarize(latencies: list[float], errors: int, seconds: float) -> Result:
@@ -129,7 +149,99 @@ def summarize(latencies: list[float], errors: int, seconds: float) -> Result:
     return Result(requests=len(latencies), errors=errors, seconds=round(seconds, 2),
                   rps=round(len(latencies) / seconds, 2), p50_ms=round(pct(0.50), 1),
                   p99_ms=round(pct(0.99), 1), max_ms=round(lat[-1] * 1000, 1),
+                  mean_ms=round(statistics.fmean(lat) * 1000, 2),
                   loadavg=round(os.getloadavg()[0], 2))
+
+
+# ---------------------------------------------------------------- what a server spends
+
+
+def process_cpu_s(pid: int) -> float:
+    """utime + stime of a process (all its threads), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def forward_seconds(url: str) -> tuple[float, float]:
+    """sent serve's sent_forward_seconds (sum, count): time inside the model call, passes."""
+    from sentiment_cli import servers
+
+    total = count = 0.0
+    for line in servers.get(f"{url}/metrics", 10.0)[1].decode().splitlines():
+        if line.startswith("sent_forward_seconds_sum"):
+            total += float(line.split()[-1])
+        elif line.startswith("sent_forward_seconds_count"):
+            count += float(line.split()[-1])
+    return total, count
+
+
+def measure(srv, kind: str, texts: Texts, concurrency: int, duration: float) -> Result:
+    """One closed-loop measurement, with the server's CPU and model time per request."""
+    before_load = round(os.getloadavg()[0], 2)
+    cpu0 = process_cpu_s(srv.process.pid)
+    fwd0 = forward_seconds(srv.url) if kind == "sent" else None
+    client0 = time.process_time()
+    r = asyncio.run(closed_loop(srv.url, texts, concurrency, duration))
+    client = time.process_time() - client0
+    r.loadavg_before = before_load
+    done = max(1, r.requests + r.errors)
+    r.cpu_ms_per_req = round((process_cpu_s(srv.process.pid) - cpu0) * 1000 / done, 2)
+    r.client_cpu_ms_per_req = round(client * 1000 / done, 2)
+    if fwd0 is not None:
+        fwd1 = forward_seconds(srv.url)
+        r.model_ms_per_req = round((fwd1[0] - fwd0[0]) * 1000 / done, 2)
+        r.outside_ms = round(r.mean_ms - r.model_ms_per_req, 2)
+    return r
+
+
+# ---------------------------------------------------------------- a busy host
+
+BUSY_LOOP = "import sys, time\nend = time.monotonic() + float(sys.argv[1])\nwhile time.monotonic() < end: pass\n"
+
+
+@contextlib.contextmanager
+def background_load(processes: int, max_s: float):
+    """`processes` busy loops (one core each) while the block runs: stopped when it ends, and
+    each ends by itself after max_s even if this script is killed."""
+    import subprocess
+
+    procs = []
+    try:
+        for _ in range(processes):
+            procs.append(subprocess.Popen([sys.executable, "-c", BUSY_LOOP, str(max_s)],
+                                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL))
+        time.sleep(1.0 if processes else 0)  # let the scheduler see them before measuring
+        yield
+    finally:
+        for proc in procs:
+            proc.kill()
+        for proc in procs:
+            proc.wait()
+
+
+def onnx_ceiling_predictor(model: Path, cache: Path):
+    """The model as `sent serve --runtime onnx --quantize` runs it: int8, one text per pass,
+    cores + 1 lanes (loading.load_predictor), in this process."""
+    from sentiment_cli.model import ONNX_CHUNK
+    from sentiment_cli.onnxrt import OnnxPredictor, usable_cores
+
+    return OnnxPredictor.from_folder(model, quantize=True, threads=usable_cores() + 1,
+                                     batch_size=ONNX_CHUNK, cache=str(cache))
+
+
+def ceiling(predictor, texts: Texts, duration: float) -> dict:
+    """The predictor's texts/s with no HTTP, groups of 64 texts, for about `duration` seconds."""
+    predictor.predict_proba([texts.next() for _ in range(8)])  # warm
+    n, start, cpu0 = 0, time.perf_counter(), time.process_time()
+    load0 = round(os.getloadavg()[0], 2)
+    while time.perf_counter() - start < duration:
+        group = [texts.next() for _ in range(64)]
+        predictor.predict_proba(group)
+        n += len(group)
+    seconds = time.perf_counter() - start
+    return {"texts_per_s": round(n / seconds, 2), "cpu_ms_per_text": round(
+        (time.process_time() - cpu0) * 1000 / n, 2), "loadavg_before": load0,
+        "loadavg": round(os.getloadavg()[0], 2)}
 
 
 class Texts:
@@ -274,19 +386,23 @@ def machine() -> dict:
             "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
             "transformers": transformers.__version__, "litestar": version("litestar"),
             "uvicorn": uvicorn.__version__, "aiohttp": aiohttp.__version__,
+            "onnxruntime": version("onnxruntime"),
+            "thread_env": {k: v for k, v in os.environ.items() if k.startswith(("OMP_", "GOMP_", "MKL_"))},
             "loadavg_at_start": round(os.getloadavg()[0], 2)}
 
 
 def median_result(results: list[Result]) -> dict:
-    keys = ["rps", "p50_ms", "p99_ms", "max_ms", "loadavg"]
-    out = {k: round(statistics.median(getattr(r, k) for r in results), 2) for k in keys}
+    keys = ["rps", "p50_ms", "p99_ms", "max_ms", "mean_ms", "loadavg", "loadavg_before",
+            "cpu_ms_per_req", "client_cpu_ms_per_req", "model_ms_per_req", "outside_ms"]
+    out = {k: round(statistics.median(getattr(r, k) for r in results), 2) for k in keys
+           if all(getattr(r, k) is not None for r in results)}
     out["errors"] = sum(r.errors for r in results)
     out["requests"] = sum(r.requests for r in results)
     out["runs"] = [asdict(r) for r in results]
     return out
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, help="a model folder; default: random DistilBERT-base")
     parser.add_argument("--duration", type=float, default=15.0, help="seconds per measurement")
@@ -294,14 +410,49 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--only", nargs="+", help="configuration names to run")
     parser.add_argument("--threads", type=int, nargs="+", default=[0],
-                        help="serve.threads values for sent serve (0 = torch's default); "
+                        help="serve.threads values for sent serve (0 = the default); "
                              "1 adds sent-fp32-t1 and sent-int8-t1")
+    parser.add_argument("--scenarios", nargs="+", choices=["quiet", "busy"], default=["quiet", "busy"])
+    parser.add_argument("--busy", type=int, default=max(1, (os.cpu_count() or 2) // 2),
+                        help="busy-loop processes in the busy scenario (default: half the cores)")
+    parser.add_argument("--skip-open-loop", action="store_true")
     parser.add_argument("--skip-accuracy", action="store_true")
     parser.add_argument("--accuracy-only", action="store_true",
                         help="only compare int8 with fp32 predictions (needs --model)")
+    parser.add_argument("--onnx-cache", type=Path,
+                        help="where the ONNX exports are kept (default: a fresh folder each run)")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
-    args = parser.parse_args()
+    return parser.parse_args()
 
+
+def run_scenario(scenario: str, run: int, cfgs: list[Config], servers: dict, args, texts: list[str],
+                 closed: dict, ceil_predictor, ceilings: dict) -> None:
+    """Every configuration at every concurrency, then the in-process ceiling, under one load."""
+    order = cfgs[run % len(cfgs):] + cfgs[:run % len(cfgs)]  # rotate: no fixed slot
+    busy = args.busy if scenario == "busy" else 0
+    planned = len(order) * len(args.concurrency) * (args.duration + 2) + args.duration + 60
+    with background_load(busy, max_s=planned):
+        for n in args.concurrency:
+            for cfg in order:
+                r = measure(servers[cfg.name], cfg.kind, Texts(texts), n, args.duration)
+                closed[scenario][cfg.name][n].append(r)
+                extra = "" if r.outside_ms is None else (
+                    f"  model {r.model_ms_per_req:6.1f} ms/req  outside {r.outside_ms:6.1f} ms")
+                print(f"run {run + 1} {scenario:5s} {cfg.name:14s} c={n:<3d} {r.rps:7.1f} req/s  "
+                      f"p50 {r.p50_ms:7.1f} ms  p99 {r.p99_ms:7.1f} ms  errors {r.errors}  "
+                      f"cpu {r.cpu_ms_per_req:6.1f} (client {r.client_cpu_ms_per_req:4.1f}) ms/req{extra}"
+                      f"  load {r.loadavg_before}"
+                      f"->{r.loadavg}", flush=True)
+        if ceil_predictor is not None:
+            c = ceiling(ceil_predictor, Texts(texts), args.duration)
+            ceilings[scenario].append(c)
+            print(f"run {run + 1} {scenario:5s} ceiling onnx-int8 in-process {c['texts_per_s']:7.1f} "
+                  f"texts/s  cpu {c['cpu_ms_per_text']:6.1f} ms/text  load {c['loadavg_before']}"
+                  f"->{c['loadavg']}", flush=True)
+
+
+def main() -> None:
+    args = parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     model = args.model
@@ -309,55 +460,44 @@ def main() -> None:
         model = build_random_distilbert(work / "distilbert-random")
         print(f"built {model} (DistilBERT-base architecture, random weights)", flush=True)
     test_texts, test_labels = rt_split("test")
+    onnx_cache = args.onnx_cache or work / "onnx"
     if args.accuracy_only:
-        print(json.dumps({"model": str(model), **accuracy(model, test_texts, test_labels, work / "onnx")},
+        print(json.dumps({"model": str(model), **accuracy(model, test_texts, test_labels, onnx_cache)},
                          indent=2))
         return
     results: dict = {"machine": machine(), "model": str(args.model or "distilbert-base random"),
-                     "duration_s": args.duration, "runs": args.runs,
+                     "duration_s": args.duration, "runs": args.runs, "busy_processes": args.busy,
                      "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
-    cfgs = [c for c in configs(model, work, args.threads)
+    cfgs = [c for c in configs(model, work, args.threads, onnx_cache)
             if not args.only or c.name in args.only]
-    closed: dict[str, dict[int, list[Result]]] = {c.name: {n: [] for n in args.concurrency}
-                                                 for c in cfgs}
+    closed = {sc: {c.name: {n: [] for n in args.concurrency} for c in cfgs} for sc in args.scenarios}
+    ceilings: dict[str, list[dict]] = {sc: [] for sc in args.scenarios}
     with contextlib.ExitStack() as stack:
         # All servers run side by side, idle unless measured, so that every run measures each
         # configuration within the same minute: the machine's other tenants come and go.
-        urls = {}
+        running = {}
         for cfg in cfgs:
-            urls[cfg.name] = stack.enter_context(server(cfg, work))
-            asyncio.run(closed_loop(urls[cfg.name], Texts(test_texts), max(args.concurrency), 3.0))
+            running[cfg.name] = stack.enter_context(server(cfg, work))
+            asyncio.run(closed_loop(running[cfg.name].url, Texts(test_texts), max(args.concurrency), 3.0))
+        ceil_predictor = None
+        if any(c.name.startswith("sent-onnx-int8") for c in cfgs):
+            ceil_predictor = onnx_ceiling_predictor(model, onnx_cache)  # the export the server made
         for run in range(args.runs):
-            order = cfgs[run % len(cfgs):] + cfgs[:run % len(cfgs)]  # rotate: no fixed slot
-            for n in args.concurrency:
-                for cfg in order:
-                    r = asyncio.run(closed_loop(urls[cfg.name], Texts(test_texts), n,
-                                                args.duration))
-                    closed[cfg.name][n].append(r)
-                    print(f"run {run + 1} {cfg.name:13s} c={n:<3d} {r.rps:7.1f} req/s  "
-                          f"p50 {r.p50_ms:7.1f} ms  p99 {r.p99_ms:7.1f} ms  errors {r.errors}"
-                          f"  load {r.loadavg}", flush=True)
-        results["closed_loop"] = {name: {str(n): median_result(rs) for n, rs in by_n.items()}
-                                  for name, by_n in closed.items()}
-
-        # Open loop: each sent configuration at half the median peak it reached.
-        results["open_loop"] = {}
-        for cfg in cfgs:
-            if cfg.kind != "sent":
-                continue
-            peak = max(results["closed_loop"][cfg.name][str(n)]["rps"] for n in args.concurrency)
-            rate = peak / 2
-            runs = []
-            for run in range(args.runs):
-                r = asyncio.run(open_loop(urls[cfg.name], Texts(test_texts), rate, args.duration,
-                                          seed=run))
-                runs.append(r)
-                print(f"open {cfg.name:13s} {rate:6.1f}/s  p50 {r.p50_ms:7.1f} ms  "
-                      f"p99 {r.p99_ms:7.1f} ms  errors {r.errors}  load {r.loadavg}", flush=True)
-            results["open_loop"][cfg.name] = {"rate": round(rate, 2), **median_result(runs)}
+            for scenario in args.scenarios:
+                run_scenario(scenario, run, cfgs, running, args, test_texts, closed,
+                             ceil_predictor, ceilings)
+        results["closed_loop"] = {sc: {name: {str(n): median_result(rs) for n, rs in by_n.items()}
+                                       for name, by_n in by_name.items()}
+                                  for sc, by_name in closed.items()}
+        results["ceiling_onnx_int8"] = {sc: {
+            "texts_per_s": statistics.median(c["texts_per_s"] for c in cs),
+            "cpu_ms_per_text": statistics.median(c["cpu_ms_per_text"] for c in cs), "runs": cs}
+            for sc, cs in ceilings.items() if cs}
+        results["open_loop"] = {} if args.skip_open_loop else open_loops(cfgs, running, args, test_texts,
+                                                                         results["closed_loop"])
 
     if not args.skip_accuracy:
-        results["variants_vs_fp32"] = accuracy(model, test_texts, test_labels, work / "onnx")
+        results["variants_vs_fp32"] = accuracy(model, test_texts, test_labels, onnx_cache)
 
     print_report(results, args.concurrency)
     if args.out:
@@ -366,22 +506,61 @@ def main() -> None:
         print(f"wrote {args.out}")
 
 
+def open_loops(cfgs: list[Config], running: dict, args, texts: list[str], closed: dict) -> dict:
+    """Each sent configuration at half the median peak it reached, on the quiet machine."""
+    out = {}
+    base = closed.get("quiet") or next(iter(closed.values()))
+    for cfg in cfgs:
+        if cfg.kind != "sent":
+            continue
+        rate = max(base[cfg.name][str(n)]["rps"] for n in args.concurrency) / 2
+        runs = []
+        for run in range(args.runs):
+            r = asyncio.run(open_loop(running[cfg.name].url, Texts(texts), rate, args.duration, seed=run))
+            runs.append(r)
+            print(f"open {cfg.name:13s} {rate:6.1f}/s  p50 {r.p50_ms:7.1f} ms  "
+                  f"p99 {r.p99_ms:7.1f} ms  errors {r.errors}  load {r.loadavg}", flush=True)
+        out[cfg.name] = {"rate": round(rate, 2), **median_result(runs)}
+    return out
+
+
+def ratios(results: dict, concurrency: list[int]) -> dict:
+    """Each server's req/s over naive's at each concurrency, per scenario (of the medians), and
+    ONNX int8's served req/s at the highest concurrency over its in-process ceiling."""
+    out: dict = {}
+    for sc, closed in results["closed_loop"].items():
+        if "naive" not in closed:
+            continue
+        out[sc] = {name: {str(n): round(closed[name][str(n)]["rps"] / closed["naive"][str(n)]["rps"], 2)
+                          for n in concurrency} for name in closed if name != "naive"}
+        ceil = results.get("ceiling_onnx_int8", {}).get(sc)
+        if ceil and "sent-onnx-int8" in closed:
+            hi = str(max(concurrency))
+            out[sc]["onnx_int8_of_ceiling"] = round(
+                closed["sent-onnx-int8"][hi]["rps"] / ceil["texts_per_s"], 3)
+    return out
+
+
 def print_report(results: dict, concurrency: list[int]) -> None:
-    closed = results["closed_loop"]
-    print("\n== closed loop (median of runs) ==")
-    print(f"{'server':14s} {'c':>3s} {'req/s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {'errors':>6s}")
-    for name, by_n in closed.items():
-        for n in concurrency:
-            m = by_n[str(n)]
-            print(f"{name:14s} {n:3d} {m['rps']:8.1f} {m['p50_ms']:8.1f} {m['p99_ms']:8.1f} "
-                  f"{m['errors']:6d}")
-    if "naive" in closed:
-        hi = str(max(concurrency))
-        base = closed["naive"][hi]["rps"]
-        for name in closed:
-            if name != "naive":
-                print(f"{name} / naive at c={hi}: {closed[name][hi]['rps'] / base:.2f}x")
-    print("\n== open loop at half peak (median of runs) ==")
+    for sc, closed in results["closed_loop"].items():
+        print(f"\n== closed loop, {sc} (median of runs) ==")
+        print(f"{'server':14s} {'c':>3s} {'req/s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {'cpu ms':>7s} "
+              f"{'model ms':>8s} {'outside':>8s} {'errors':>6s}")
+        for name, by_n in closed.items():
+            for n in concurrency:
+                m = by_n[str(n)]
+                print(f"{name:14s} {n:3d} {m['rps']:8.1f} {m['p50_ms']:8.1f} {m['p99_ms']:8.1f} "
+                      f"{m.get('cpu_ms_per_req', float('nan')):7.1f} "
+                      f"{m.get('model_ms_per_req', float('nan')):8.1f} "
+                      f"{m.get('outside_ms', float('nan')):8.1f} {m['errors']:6d}")
+        if sc in results.get("ceiling_onnx_int8", {}):
+            c = results["ceiling_onnx_int8"][sc]
+            print(f"ceiling onnx-int8 in-process: {c['texts_per_s']:.1f} texts/s, "
+                  f"{c['cpu_ms_per_text']:.1f} ms CPU/text")
+    results["ratios"] = ratios(results, concurrency)
+    print("\n== ratios (medians) ==\n" + json.dumps(results["ratios"], indent=2))
+    if results["open_loop"]:
+        print("\n== open loop at half peak, quiet (median of runs) ==")
     for name, m in results["open_loop"].items():
         print(f"{name:14s} {m['rate']:6.1f}/s  p50 {m['p50_ms']:.1f} ms  p99 {m['p99_ms']:.1f} ms"
               f"  errors {m['errors']}")

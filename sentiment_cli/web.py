@@ -4,7 +4,8 @@
 - Prometheus: a /metrics controller documented as the text it returns, the HTTP middleware,
   the per-worker multiprocess directory, and taking a worker's live gauges down on shutdown.
 - /healthz and /readyz route handlers over a service's own readiness.
-- Running an app under uvicorn with a graceful shutdown budget, one worker or several.
+- Running an app under uvicorn with a graceful shutdown budget, one worker or several, in a
+  process whose compute threads wait without spinning (passive_thread_waits).
 
 Nothing here knows about models or drift; services pass their state in.
 """
@@ -12,8 +13,10 @@ Nothing here knows about models or drift; services pass their state in.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -23,6 +26,15 @@ import msgspec
 LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
 GRACEFUL_SHUTDOWN_S = 30  # in-flight requests get this long after SIGTERM
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# OpenMP (torch's intra-op threads, MKL's under them) lets a thread that reaches the end of a
+# parallel region spin before it sleeps: libgomp's default is ~300,000 turns unless it has more
+# threads than cores. A forward pass runs hundreds of short regions, so on a host with other work
+# the spinning thread takes CPU from the very thread it waits for: beside one busy process, torch
+# fp32 ran at under half its quiet speed in `sent serve` (docs/performance.md, "A busy host").
+# Passive waiting costs nothing measurable on an idle machine. Read once, when torch loads.
+PASSIVE_THREAD_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
+
+log = logging.getLogger(__name__)
 
 
 class ModelInfo(msgspec.Struct):
@@ -200,6 +212,17 @@ def multiprocess_dir() -> Iterator[str]:
     finally:
         os.environ.pop(MULTIPROC_ENV, None)
         shutil.rmtree(own, ignore_errors=True)
+
+
+def passive_thread_waits() -> dict[str, str]:
+    """Set PASSIVE_THREAD_ENV in this process's environment where the user has not set those
+    variables (the user's choice wins), and return what is in effect. Call before torch is
+    imported: OpenMP reads it once, when it loads; worker processes inherit it."""
+    for name, value in PASSIVE_THREAD_ENV.items():
+        os.environ.setdefault(name, value)
+    if "torch" in sys.modules:
+        log.info("torch was loaded before the thread settings: they apply to new processes only")
+    return {name: os.environ[name] for name in PASSIVE_THREAD_ENV}
 
 
 def run_server(app: Any, *, host: str, port: int, workers: int = 1, factory: str | None = None,

@@ -958,6 +958,40 @@ def test_cli_hands_uvicorn_the_app_and_the_options(tmp_path, tiny_model_dir, mon
     assert isinstance(built, Litestar)
 
 
+def test_cli_serves_with_passive_thread_waits_unless_told_otherwise(tmp_path, tiny_model_dir, monkeypatch):
+    """OpenMP's spinning threads starve each other on a busy host: `sent serve` asks for passive
+    waits before torch loads (the predictor), and keeps a value the user set."""
+    import uvicorn
+
+    seen = []
+    real_load = serve.load_predictor
+
+    def load(*args, **kwargs):
+        seen.append(serve.os.environ.get("OMP_WAIT_POLICY"))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(serve, "load_predictor", load)
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: None)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OMP_WAIT_POLICY", "")
+    monkeypatch.delenv("OMP_WAIT_POLICY")  # restored (absent, or the caller's) after the test
+    assert _invoke("--model", str(tiny_model_dir)).exit_code == 0
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert _invoke("--model", str(tiny_model_dir)).exit_code == 0
+    assert seen == ["PASSIVE", "ACTIVE"]
+
+
+def test_the_cli_and_serve_modules_do_not_load_torch():
+    """The thread settings take effect only if torch is not loaded before serve.run sets them."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import sentiment_cli.cli, sentiment_cli.serve, sentiment_cli.web, "
+            "sentiment_cli.loading; print(sorted(m for m in ('torch', 'onnxruntime') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 def test_cli_help_names_the_options():
     result = CliRunner().invoke(cli_app, ["serve", "--help"])
     assert result.exit_code == 0

@@ -87,3 +87,37 @@ def test_a_person_types_a_review_and_sees_label_and_probabilities(browser, tmp_p
 
     (logged,) = predlog.read_predictions(server.log_dir)
     assert logged["text"] == review and logged["label"] == label.text
+
+
+@pytest.fixture(scope="module")
+def three_label_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model with three labels none of which is called pos or neg."""
+    import torch
+
+    from sentiment_cli import config, model
+
+    torch.manual_seed(0)
+    cfg = config.load("tiny")
+    tok, m = model.build(cfg, ["awful", "so-so", "great"], train_texts=serve_fixtures.TRAIN_TEXTS)
+    folder = tmp_path_factory.mktemp("three-labels") / "stars"
+    model.save(folder, m, tok, {"config": config.to_dict(cfg)})
+    return folder
+
+
+def test_the_page_gives_each_of_any_labels_its_own_colour(browser, tmp_path, three_label_model_dir):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    with running_server(three_label_model_dir, tmp_path) as server:
+        browser.get(server.url + "/")
+        browser.find_element(By.ID, "review").send_keys("A charming, clever film.")
+        browser.find_element(By.ID, "submit").click()
+        label = browser.find_element(By.ID, "label")
+        WebDriverWait(browser, 20).until(lambda d: label.text.strip() != "")
+        rows = browser.find_elements(By.CSS_SELECTOR, "#probabilities tbody tr")
+        bars = {row.get_attribute("data-label"): row.find_element(By.CSS_SELECTOR, "div.bar")
+                .value_of_css_property("background-color") for row in rows}
+        label_colour = label.value_of_css_property("color")
+    assert set(bars) == {"awful", "so-so", "great"}
+    assert len(set(bars.values())) == 3, bars  # three labels, three colours
+    assert label_colour == bars[label.text], (label_colour, bars)

@@ -3,7 +3,8 @@
 Reads: a model folder (paths.model_dir by default), paths.data_dir/<split>.parquet.
 Writes: metrics/eval.json (accuracy, f1, precision, recall, loss, n, confusion matrix, and for
 each variant in eval.compare its accuracy and agreement with fp32: what `sent serve` checks
-before it serves a faster variant),
+before it serves a faster variant; numbers only, with the hashes, model folder, run id and split
+beside it in eval.info.json),
 metrics/reference.json + reference.npz (what drift compares live traffic with: held-out predictions,
 text statistics, a bounded sample with its sentence embeddings, the training vocabulary and word pairs),
 reports/confusion_matrix.png,

@@ -41,6 +41,21 @@ def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
         os.environ["XDG_CACHE_HOME"] = old
 
 
+@pytest.fixture(autouse=True)
+def mlflow_uris_restored():
+    """mlflow.set_tracking_uri / set_registry_uri (called by registry.client) export
+    MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI: a test against a tracking server would otherwise
+    leave later tests, and the processes they start (dvc repro), pointed at a server that is gone."""
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    saved = {name: os.environ.get(name) for name in names}
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 @pytest.fixture
 def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An empty working directory with its own MLflow SQLite store."""

@@ -110,3 +110,20 @@ def running_server(model_dir: Path, workdir: Path, *args: str, ready_timeout: fl
             yield Server(base, log_dir)
     except servers.ServerFailed as exc:
         raise AssertionError(str(exc)) from None
+
+
+def scrape(client) -> dict[tuple[str, frozenset], float]:
+    """Every sample at the app's /metrics, keyed by (name, labels)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = {}
+    for family in text_string_to_metric_families(client.get("/metrics").text):
+        for s in family.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+def metric(samples: dict, metric_name: str, /, **labels: str) -> float:
+    """Sum of the samples of `metric_name` whose labels include `labels`."""
+    want = set(labels.items())
+    return sum(v for (n, lab), v in samples.items() if n == metric_name and want <= lab)

@@ -16,7 +16,7 @@ import registry_fixtures
 import serve_fixtures
 from litestar.testing import TestClient
 from prometheus_client.parser import text_string_to_metric_families
-from serve_fixtures import serve_config, wait_ready
+from serve_fixtures import metric, scrape, serve_config, wait_ready
 
 from sentiment_cli import config, predlog, serve, webhooks
 from sentiment_cli.errors import SentError
@@ -33,17 +33,6 @@ NAME, ALIAS = "sentiment-classifier", "champion"
 SECRET = "s3cret-for-tests-only"
 
 
-def scrape(client) -> dict[tuple[str, frozenset], float]:
-    out = {}
-    for family in text_string_to_metric_families(client.get("/metrics").text):
-        for s in family.samples:
-            out[(s.name, frozenset(s.labels.items()))] = s.value
-    return out
-
-
-def metric(samples: dict, name: str, /, **labels: str) -> float:
-    want = set(labels.items())
-    return sum(v for (n, lab), v in samples.items() if n == name and want <= lab)
 
 
 class Registry:

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from litestar.testing import TestClient
 from prometheus_client.parser import text_string_to_metric_families
-from serve_fixtures import running_server, serve_config, wait_ready
+from serve_fixtures import metric, running_server, scrape, serve_config, wait_ready
 from typer.testing import CliRunner
 
 from sentiment_cli import predlog, serve
@@ -49,18 +49,6 @@ def client(cfg, tiny_predictor):
         yield c
 
 
-def scrape(client) -> dict[tuple[str, frozenset], float]:
-    out = {}
-    for family in text_string_to_metric_families(client.get("/metrics").text):
-        for s in family.samples:
-            out[(s.name, frozenset(s.labels.items()))] = s.value
-    return out
-
-
-def metric(samples: dict, metric_name: str, /, **labels: str) -> float:
-    """Sum of the samples of `name` whose labels include `labels`."""
-    want = set(labels.items())
-    return sum(v for (n, lab), v in samples.items() if n == metric_name and want <= lab)
 
 
 # ---------------------------------------------------------------- the happy path

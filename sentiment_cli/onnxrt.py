@@ -33,6 +33,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from sentiment_cli import model as model_mod
@@ -150,7 +151,7 @@ def _export_all(folder: Path, out: Path) -> None:
 
     start = time.perf_counter()
     tokenizer, torch_model, meta = _load_for_export(folder)
-    max_length = model_mod.max_length_of(meta)
+    max_length = usable_max_length(meta, torch_model.config, tokenizer)
     with replaced_dir(out) as tmp:
         raw = tmp / "raw.onnx"
         input_names = _export(torch_model, tokenizer, raw, max_length)
@@ -197,6 +198,19 @@ def _without_preprocessing_advice():
         yield
     finally:
         logging.root.removeFilter(keep)
+
+
+def usable_max_length(meta: dict[str, Any], model_config, tokenizer, name: str | None = None) -> int:
+    """sent.json's max_length, or what the model's positions allow when that is less: the torch
+    Predictor's clamp (model.clamp_max_length), so both runtimes cut a long text at the same token.
+    sent.json records the length asked for, so a folder trained before the clamp existed, or from
+    a model with short position embeddings, still exports. name=None: no note (the export)."""
+    requested = model_mod.max_length_of(meta)
+    if name is not None:
+        return model_mod.clamp_max_length(requested, model_config, tokenizer, name)
+    limits = [n for n in (model_mod.position_limit(model_config), getattr(tokenizer, "model_max_length", None))
+              if isinstance(n, int) and n > 0]
+    return min([requested, *limits])
 
 
 def _load_for_export(folder: Path):
@@ -373,8 +387,9 @@ class OnnxPredictor(Predictor):
             raise ModelError(f"{folder}/config.json has no id2label")
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
         lanes = threads or usable_cores()
+        max_length = usable_max_length(meta, SimpleNamespace(**config), tokenizer, name or folder.name)
         return cls(_session(path), tokenizer, labels, list(manifest.get("inputs", ["input_ids", "attention_mask"])),
-                   max_length=model_mod.max_length_of(meta), batch_size=batch_size, lanes=lanes or 1,
+                   max_length=max_length, batch_size=batch_size, lanes=lanes or 1,
                    name=name or folder.name, version=version, meta=meta,
                    variant=variant("onnx", quantize))
 

@@ -129,3 +129,27 @@ def test_the_default_cache_follows_xdg(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert onnxrt.cache_root() == tmp_path / "sent" / "onnx"
     assert onnxrt.cache_root("~/elsewhere") != tmp_path / "sent" / "onnx"
+
+
+def test_a_model_with_fewer_positions_than_its_recorded_max_length_exports_and_runs(tmp_path, capsys):
+    """sent.json records the max_length asked for (64); the model's positions hold 16. The ONNX
+    runtime uses what fits, as the torch Predictor does, instead of failing at export or at the
+    first long text."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    tok = model.train_tokenizer(TEXTS * 3, 200)
+    BertForSequenceClassification(BertConfig(
+        vocab_size=len(tok), hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+        max_position_embeddings=16, num_labels=2)).save_pretrained(tmp_path / "short")
+    tok.save_pretrained(tmp_path / "short")
+    cfg = config.load("cpu", [f"model.name={tmp_path / 'short'}", "model.max_length=64"], root=tmp_path)
+    tok2, net2 = model.build(cfg, ["neg", "pos"])  # what sent train does with such a folder
+    folder = model.save(tmp_path / "trained", net2, tok2, {"config": config.to_dict(cfg)})
+    assert model.max_length_of(model.read_meta(folder)) == 64
+    capsys.readouterr()
+    long_texts = ["great movie " * 40, "dull film " * 30, "fine"]
+    onnx_p = onnxrt.OnnxPredictor.from_folder(folder, quantize=False, cache=str(tmp_path / "cache"))
+    assert onnx_p.max_length == 16
+    assert "using 16 tokens" in capsys.readouterr().out
+    torch_p = model.Predictor.from_folder(folder)
+    np.testing.assert_allclose(onnx_p.predict_proba(long_texts), torch_p.predict_proba(long_texts), atol=1e-4)

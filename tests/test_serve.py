@@ -620,6 +620,41 @@ def test_batcher_waits_at_most_max_wait_for_company():
     assert 0.025 <= waited < 1.0
 
 
+def test_batcher_keeps_no_lone_client_waiting_and_waits_again_once_requests_overlap():
+    """After a batch that ran alone the next request runs at once; when requests are seen
+    together again (work queued behind a pass), gathering waits for company again."""
+    batches: list[list[str]] = []
+
+    def predict(texts):
+        batches.append(list(texts))
+        time.sleep(0.05)
+        return [_fake_prediction(t) for t in texts]
+
+    async def timed(texts):
+        start = time.perf_counter()
+        await b.predict(texts)
+        return time.perf_counter() - start
+
+    async def main():
+        nonlocal b
+        b = serve.Batcher(predict, max_batch_size=32, max_wait_ms=400)
+        b.start()
+        first = await timed(["a"])  # no traffic seen yet: it waits for company
+        alone = await timed(["b"])  # the last batch ran alone: no wait
+        c = asyncio.ensure_future(timed(["c"]))  # alone, so it starts at once ...
+        await asyncio.sleep(0.02)
+        together = [await c, *await asyncio.gather(timed(["d"]), timed(["e"]))]  # ... these queue
+        after = await timed(["f"])  # d and e queued behind c: waiting is back
+        await b.stop()
+        return first, alone, together, after
+
+    b = None
+    first, alone, together, after = asyncio.run(main())
+    assert batches == [["a"], ["b"], ["c"], ["d", "e"], ["f"]]
+    assert first >= 0.4 and after >= 0.4
+    assert alone < 0.3 and together[0] < 0.3  # 0.05 s of model, no 0.4 s wait
+
+
 def test_batcher_skips_requests_whose_client_left():
     seen: list[str] = []
 

@@ -3,6 +3,11 @@
 Each request puts its texts on an asyncio queue; one batcher task gathers up to max_batch_size
 texts, waiting at most max_wait_ms after the oldest one arrived, runs the pass on a worker thread
 (the event loop keeps answering) and hands every request its own predictions.
+
+The wait only pays when requests overlap. Once a batch ran alone (it waited and nobody came, and
+nothing queued behind it), the next request is not kept waiting: it runs at once, and waiting
+resumes as soon as requests are seen together again (a batch of several, or work queued while a
+pass ran). A server that has not yet seen any traffic waits, as it cannot know.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ class Batcher:
         self._running: set[asyncio.Task] = set()
         self.queued_texts = 0
         self._refusal: BaseException | None = None  # set by refuse_queued: fail instead of run
+        self.expect_company = True  # False after a batch ran alone: the next one does not wait
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="sent-batcher")
@@ -120,8 +126,9 @@ class Batcher:
                 break
             batch, count = [first], len(first.texts)
             # Requests that queued while the lanes were busy are taken at once; the wait only
-            # bounds how long the oldest one may sit for company.
-            deadline = first.arrived + self.max_wait
+            # bounds how long the oldest one may sit for company, and is skipped after a batch
+            # that ran alone (a lone client's requests are never kept waiting for nobody).
+            deadline = first.arrived + (self.max_wait if self.expect_company else 0.0)
             while count < self.max_batch_size:
                 item = await self._next(deadline)
                 if item is False:
@@ -134,6 +141,7 @@ class Batcher:
                     break
                 batch.append(item)
                 count += len(item.texts)
+            self.expect_company = len(batch) > 1 or carried is not None or not self._queue.empty()
             self._launch(batch, free)
         if carried is not None:
             await free.acquire()

@@ -45,6 +45,7 @@ class Paths:
 @dataclass
 class Data:
     source: str = MISSING
+    dvc_dep: str = MISSING
     text_column: str = MISSING
     label_column: str = MISSING
     label_names: list[str] | None = MISSING
@@ -481,6 +482,8 @@ def _validate_model_and_data(cfg: DictConfig) -> None:
         (0 <= d.val_fraction < 1 and 0 <= d.test_fraction < 1 and d.val_fraction + d.test_fraction < 1,
          "data.val_fraction + data.test_fraction must be below 1"),
         (d.max_train_samples is None or d.max_train_samples >= 1, "data.max_train_samples must be >= 1 or null"),
+        (bool(str(d.dvc_dep).strip()) and ":" not in str(d.dvc_dep).split("/", 1)[0],
+         f"data.dvc_dep must be a local path (the DVC fetch stage's dependency), not {d.dvc_dep!r}"),
         (cfg.eval.batch_size >= 1 and cfg.eval.max_misclassified >= 0,
          "eval.batch_size must be >= 1 and eval.max_misclassified >= 0"),
         (all(v in VARIANTS[1:] for v in cfg.eval.compare), f"eval.compare takes variants among {VARIANTS[1:]}"),

@@ -111,9 +111,21 @@ def test_profile_loads_against_the_schema(profile: str) -> None:
 # ------------------------------------------------------------------------------------ dvc.yaml
 
 
+def _interpolate(node, params: dict):
+    """dvc.yaml as DVC reads it: each ${a.b} replaced by that key of params.yaml."""
+    if isinstance(node, dict):
+        return {_interpolate(k, params): _interpolate(v, params) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_interpolate(v, params) for v in node]
+    if isinstance(node, str):
+        return re.sub(r"\$\{([\w.]+)\}", lambda m: str(_lookup(params, m.group(1))), node)
+    return node
+
+
 @pytest.fixture(scope="module")
 def dvc_yaml() -> dict:
-    return yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    return _interpolate(yaml.safe_load((ROOT / "dvc.yaml").read_text()), params)
 
 
 @pytest.fixture(scope="module")
@@ -908,21 +920,26 @@ def test_dvc_repro_end_to_end(tmp_path: Path) -> None:
     assert json.loads(run(dvc, "status", "--json")) == {}
 
 
-def test_dvc_fetch_depends_on_the_own_data_folder(dvc_yaml: dict, params: dict) -> None:
-    """A table of the user's own lives in data/raw/ (named in data.source): the fetch stage
-    depends on that folder, which the repository ships (so a fresh clone can run the stage)."""
-    assert "data/raw" in _paths(dvc_yaml["stages"]["fetch"]["deps"])
+def test_dvc_fetch_depends_on_the_path_params_yaml_names(params: dict) -> None:
+    """The fetch stage depends on ${data.dvc_dep}, a key of params.yaml, so a table anywhere
+    (data.source and data.dvc_dep: reviews.csv) is a dependency; by default data/raw/, which
+    the repository ships (so a fresh clone can run the stage) and which may hold own tables."""
+    raw = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    assert "${data.dvc_dep}" in raw["stages"]["fetch"]["deps"]
+    assert params["data"]["dvc_dep"] == "data/raw"
     assert (ROOT / "data" / "raw" / "README.md").is_file()
     result = subprocess.run(["git", "check-ignore", "-q", "data/raw/README.md"], cwd=ROOT)
     assert result.returncode == 1, "data/raw/ must not be git-ignored: the fetch stage depends on it"
     for stage in ("train", "eval"):  # metrics files hold numbers; what they belong to is an output
         info = f"{params['paths']['metrics_dir']}/{stage}.info.json"
-        assert info in _paths(dvc_yaml["stages"][stage]["outs"])
+        assert info in _paths(_interpolate(raw, params)["stages"][stage]["outs"])
 
 
 def test_dvc_sees_an_edited_own_table_and_shows_only_numbers_as_metrics(tmp_path: Path) -> None:
-    """Real DVC in a fresh copy: `dvc status` reports the fetch stage changed after the user's
-    CSV is edited, and `dvc metrics show` lists numbers, never a hash, run id, path or split."""
+    """Real DVC in a fresh copy, the table at the top of the repository (not in data/raw/):
+    named in data.source alone, `dvc repro` stops with the fix; with data.dvc_dep naming it too,
+    `dvc status` reports the fetch stage changed after the CSV is edited and `dvc repro` refetches.
+    And `dvc metrics show` lists numbers, never a hash, run id, path or split."""
     import pandas as pd
 
     from sentiment_cli import artifacts
@@ -934,30 +951,40 @@ def test_dvc_sees_an_edited_own_table_and_shows_only_numbers_as_metrics(tmp_path
     repo.mkdir()
     _copy_repository(repo)
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["data"].update(source="data/raw/reviews.csv", text_column="review", label_column="sentiment")
+    params["data"].update(source="reviews.csv", text_column="review", label_column="sentiment")
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    table = repo / "data" / "raw" / "reviews.csv"
+    table = repo / "reviews.csv"
     pd.DataFrame({"review": [f"review {i} {'good' if i % 2 else 'bad'}" for i in range(60)],
                   "sentiment": ["positive" if i % 2 else "negative" for i in range(60)]}).to_csv(table, index=False)
     env = {**os.environ, "PATH": f"{Path(sent).parent}{os.pathsep}{os.environ.get('PATH', '')}",
            "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
 
-    def run(*argv: str) -> str:
+    def run(*argv: str, ok: bool = True) -> str:
         result = subprocess.run(argv, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
-        assert result.returncode == 0, f"{' '.join(argv)}:\n{result.stdout}\n{result.stderr}"
-        return result.stdout
+        assert (result.returncode == 0) == ok, f"{' '.join(argv)}:\n{result.stdout}\n{result.stderr}"
+        return result.stdout + result.stderr
 
     run(git, "init", "-q")
     run(git, "add", "-A")
     run(git, "commit", "-q", "-m", "copy")
+    said = run(dvc, "repro", "fetch", ok=False)  # data.source alone: DVC would not see the table change
+    assert "data.source reviews.csv is outside data.dvc_dep (data/raw)" in said
+    assert "set data.dvc_dep: reviews.csv" in said and not (repo / "data/processed").exists()
+
+    params["data"]["dvc_dep"] = "reviews.csv"
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(dvc, "repro", "fetch")
-    assert json.loads((repo / "data/processed/meta.json").read_text())["labels"] == ["negative", "positive"]
+    meta = json.loads((repo / "data/processed/meta.json").read_text())
+    assert meta["labels"] == ["negative", "positive"] and sum(meta["splits"].values()) == 60
     assert json.loads(run(dvc, "status", "fetch", "--json")) == {}
     with table.open("a") as fh:
         fh.write("a review added later,positive\n")
     status = json.loads(run(dvc, "status", "fetch", "--json"))
-    assert "fetch" in status and "data/raw" in json.dumps(status["fetch"]), status
+    assert status["fetch"] == [{"changed deps": {"reviews.csv": "modified"}}], status
+    assert "Running stage 'fetch'" in run(dvc, "repro", "fetch")
+    assert sum(json.loads((repo / "data/processed/meta.json").read_text())["splits"].values()) == 61
+    assert json.loads(run(dvc, "status", "fetch", "--json")) == {}
 
     record = {"weights_sha256": "a" * 64, "data_sha256": "b" * 64, "mlflow_run_id": "0123abcd", "split": "test",
               "model_dir": "models/candidate", "labels": ["negative", "positive"], "accuracy": 0.75, "n": 20,

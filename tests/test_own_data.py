@@ -96,6 +96,28 @@ def test_a_profile_replacing_a_value_of_params_yaml_says_so(workdir):
     assert json.loads((workdir / "data/processed/meta.json").read_text())["source"] == "reviews.csv"
 
 
+def test_a_table_outside_what_the_dvc_fetch_stage_depends_on_is_named_with_the_fix(workdir, monkeypatch):
+    """In a project whose dvc.yaml fetch stage depends on ${data.dvc_dep}: a note for a plain
+    `sent fetch`, an error (before any work) when DVC runs the stage, nothing once they agree."""
+    reviews_csv(workdir)
+    (workdir / "dvc.yaml").write_text("stages:\n  fetch:\n    cmd: sent fetch\n    deps: [${data.dvc_dep}]\n")
+    base = ["fetch", "reviews.csv", "--text-column", "review", "--label-column", "sentiment"]
+    fix = ("data.source reviews.csv is outside data.dvc_dep (data/raw), what the DVC fetch stage depends on: "
+           "set data.dvc_dep: reviews.csv in params.yaml (dvc exp run: -S data.dvc_dep=reviews.csv)")
+    result = runner.invoke(app, base)
+    assert result.exit_code == 0 and f"note: {fix}" in result.output, result.output
+    monkeypatch.setenv("DVC_STAGE", "fetch")  # what DVC sets for a stage's command
+    (workdir / "data/processed/meta.json").unlink()
+    result = runner.invoke(app, base)
+    assert result.exit_code == 2 and one_line_error(result).startswith(f"error: {fix}")
+    assert not (workdir / "data/processed/meta.json").exists()
+    for agreeing in ("data.dvc_dep=reviews.csv", "data.dvc_dep=."):  # the table, or a folder holding it
+        result = runner.invoke(app, [*base, "--set", agreeing])
+        assert result.exit_code == 0 and "dvc_dep" not in result.output, result.output
+    result = runner.invoke(app, [*base, "--set", "data.dvc_dep=builtin:rt-polarity"])
+    assert result.exit_code == 2 and "data.dvc_dep must be a local path" in one_line_error(result)
+
+
 def test_max_train_samples_given_to_train_cuts_the_fetched_split(workdir):
     reviews_csv(workdir)
     assert runner.invoke(app, ["fetch", "reviews.csv", "--text-column", "review",

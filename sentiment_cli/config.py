@@ -176,6 +176,7 @@ class Drift:
     embedding_sample: int = MISSING
     permutation_sample: int = MISSING
     embeddings: bool = MISSING
+    encoder: str = MISSING
     min_effect: DriftEffects = field(default_factory=DriftEffects)
     interval_s: float = MISSING
     host: str = MISSING
@@ -570,6 +571,7 @@ def _validate_drift(cfg: DictConfig) -> None:
         (d.permutations >= 99, f"drift.permutations must be at least 99, not {d.permutations}"),
         (d.reference_sample >= 50, "drift.reference_sample must be at least 50"),
         (d.embedding_sample >= 10, "drift.embedding_sample must be at least 10"),
+        (d.encoder in RUNTIMES, f"drift.encoder must be one of {RUNTIMES}, not {d.encoder!r}"),
         (d.permutation_sample >= 50, "drift.permutation_sample must be at least 50"),
         (all(float(v) >= 0 for v in d.min_effect.values()), "drift.min_effect values must be >= 0"),
         (d.interval_s > 0, "drift.interval_s must be positive"),

@@ -18,6 +18,7 @@ reference and the window.
 
 from __future__ import annotations
 
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ import numpy as np
 
 from sentiment_cli import artifacts, predlog
 from sentiment_cli.drift import detect
-from sentiment_cli.errors import SentError, UsageError
+from sentiment_cli.errors import SentError, UsageError, first_line
 
 if TYPE_CHECKING:
     from sentiment_cli.config import Config
@@ -112,6 +113,7 @@ class Monitor:
         self.ref = detect.features(sample["texts"], arrays["probabilities"], arrays["length_tokens"],
                                    self.vocab, arrays.get("embeddings"))
         self._predictor = None
+        self._encoder: Any = None  # encoder.Encoder, or False once it could not be built
 
     @property
     def predictor(self):
@@ -124,7 +126,32 @@ class Monitor:
                 self._predictor.batch_size = max(self._predictor.batch_size, self.cfg.eval.batch_size)
         return self._predictor
 
+    def encoder(self):
+        """The ONNX encoder (drift.encoder=onnx: no torch at run time), built on first use; None
+        for drift.encoder=torch, or when these weights cannot be exported (said once, on stderr)."""
+        if self._encoder is None:
+            self._encoder = False
+            if self.cfg.drift.encoder == "onnx":
+                from sentiment_cli.drift import encoder
+
+                try:
+                    self._encoder = encoder.load(self.folder, self.sha, self.cfg.paths.onnx_cache)
+                except SentError as exc:
+                    print(f"note: {first_line(exc)}", file=sys.stderr, flush=True)
+        return self._encoder or None
+
+    def _token_lengths(self, texts: list[str]) -> np.ndarray:
+        enc = self._encoder or None  # only when the embedding test asked for it
+        if enc is not None:  # its build checked that tokenizer.json gives the model tokenizer's ids
+            return enc.tokens.lengths(texts)
+        from sentiment_cli import textstats
+
+        return textstats.token_lengths(self.predictor.tokenizer, texts, self.predictor.max_length)
+
     def _embed(self, texts: list[str]) -> np.ndarray:
+        enc = self.encoder()
+        if enc is not None:
+            return enc.embed(texts)
         embed = getattr(self.predictor, "embed", None)
         if embed is None:  # e.g. the ONNX runtime: embeddings come from the same weights in torch
             from sentiment_cli.model import Predictor
@@ -215,13 +242,17 @@ class Monitor:
             return {**base, "status": NOT_ENOUGH,
                     "message": f"{len(texts)} usable record(s) in the window, fewer than drift.min_window "
                                f"({d.min_window}): no verdict"}
+        if d.embeddings and self.ref.embeddings is not None:
+            t = time.perf_counter()
+            self.encoder()  # built once per weights; its tokenizer also counts the tokens below
+            timings["encoder_load_s"] = time.perf_counter() - t
         t = time.perf_counter()
         rng = np.random.default_rng(self.cfg.seed)
         # Text features only for the texts their tests use (detect.compare): tokenising 100,000
         # texts would cost more than every test together.
         sub = detect.sample_index(len(texts), d.permutation_sample, rng)
         sub_texts = [texts[i] for i in sub]
-        lengths = textstats.token_lengths(self.predictor.tokenizer, sub_texts, self.predictor.max_length)
+        lengths = self._token_lengths(sub_texts)
         cur = detect.features(sub_texts, win["probabilities"][sub], lengths, self.vocab)
         whole = (win["probabilities"], textstats.char_lengths(texts))
         timings["features_s"] = time.perf_counter() - t
@@ -235,7 +266,8 @@ class Monitor:
         timings["tests_s"] = time.perf_counter() - t
         pick = rng.choice(len(texts), size=min(TYPICAL_TEXTS, len(texts)), replace=False)
         drifted = [r.name for r in results if r.drift]
-        return {**base, "status": DRIFT if drift else NO_DRIFT, "drift_detected": drift,
+        return {**base, "reference": self._reference_info(),  # now saying which encoder ran
+                "status": DRIFT if drift else NO_DRIFT, "drift_detected": drift,
                 "message": (f"drift in {', '.join(drifted)}" if drift else
                             "no test is both significant (Holm-adjusted) and above its effect floor"),
                 "tests": [r.to_dict() for r in results], "words": words,
@@ -247,7 +279,8 @@ class Monitor:
         return {"model": self.model_name, "model_uri": self.model_uri, "model_version": self.version,
                 "weights_sha256": self.sha, "split": r.get("split"), "n": r.get("n"),
                 "sample_n": len(self.ref), "path": str(self.reference_path),
-                "embeddings": self.ref.embeddings is not None}
+                "embeddings": self.ref.embeddings is not None,
+                "encoder": None if self._encoder is None else ("onnx" if self._encoder else "torch")}
 
 
 def run(cfg: Config, current: str | None = None, model_uri: str | None = None,

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 def run(cfg: Config) -> Path:
     """Fetch, validate and write the splits; returns the data folder."""
-    dvc_notes = _untracked_by_dvc(cfg)  # before any work: run by DVC, a mismatch stops here
+    _check_dvc_dependency(cfg)  # before any work
     splits, report = data.prepare(cfg)
     counts = {s: len(df) for s, df in splits.items()}
     names = report.label_names
@@ -43,30 +43,29 @@ def run(cfg: Config) -> Path:
         "sent_version": __version__,
     }
     out = data.write(splits, Path(cfg.paths.data_dir), meta)
-    for line in [*report.lines(), *dvc_notes]:
+    for line in report.lines():
         print(f"note: {line}")
     print(f"wrote {out}: train {counts['train']}, validation {counts['validation']}, "
           f"test {counts['test']} (sha256 {meta['sha256'][:12]})")
     return out
 
 
-def _untracked_by_dvc(cfg: Config) -> list[str]:
-    """A local data.source must be data.dvc_dep or lie inside it: that path is what dvc.yaml's
-    fetch stage depends on, and a table outside it could change without `dvc status` seeing it.
-    Run by DVC (which sets DVC_STAGE) that stops the stage; a plain `sent fetch` gets a note."""
+def _check_dvc_dependency(cfg: Config) -> None:
+    """Run by DVC (which sets DVC_STAGE for a stage's command) in a project whose fetch stage
+    depends on ${data.dvc_dep}: a local data.source must be that path or lie inside it, or the
+    table could change without `dvc status` seeing it. A plain `sent fetch` involves no DVC: no
+    word about it on a first run."""
     source = cfg.data.source
     local = source.removeprefix("rt-polarity:")
     dvc_yaml = Path("dvc.yaml")
-    if ("://" in local or ":" in local.split("/", 1)[0] or not Path(local).expanduser().exists()
-            or not dvc_yaml.is_file() or "${data.dvc_dep}" not in dvc_yaml.read_text(errors="replace")):
-        return []
+    if (not os.environ.get("DVC_STAGE") or "://" in local or ":" in local.split("/", 1)[0]
+            or not Path(local).expanduser().exists() or not dvc_yaml.is_file()
+            or "${data.dvc_dep}" not in dvc_yaml.read_text(errors="replace")):
+        return
     dep = Path(cfg.data.dvc_dep).expanduser().resolve()
     path = Path(local).expanduser().resolve()
-    if path == dep or path.is_relative_to(dep):
-        return []
-    line = (f"data.source {source} is outside data.dvc_dep ({cfg.data.dvc_dep}), what the DVC fetch stage "
+    if path != dep and not path.is_relative_to(dep):
+        raise config.ConfigError(
+            f"data.source {source} is outside data.dvc_dep ({cfg.data.dvc_dep}), what the DVC fetch stage "
             f"depends on: set data.dvc_dep: {local} in params.yaml (dvc exp run: -S data.dvc_dep={local}), "
             "or move the table into it, for `dvc status` to see it change (docs/dvc.md)")
-    if os.environ.get("DVC_STAGE"):
-        raise config.ConfigError(line)
-    return [line]

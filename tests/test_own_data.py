@@ -97,15 +97,15 @@ def test_a_profile_replacing_a_value_of_params_yaml_says_so(workdir):
 
 
 def test_a_table_outside_what_the_dvc_fetch_stage_depends_on_is_named_with_the_fix(workdir, monkeypatch):
-    """In a project whose dvc.yaml fetch stage depends on ${data.dvc_dep}: a note for a plain
-    `sent fetch`, an error (before any work) when DVC runs the stage, nothing once they agree."""
+    """In a project whose dvc.yaml fetch stage depends on ${data.dvc_dep}: an error (before any
+    work) when DVC runs the stage, nothing once they agree; a plain `sent fetch` says nothing."""
     reviews_csv(workdir)
     (workdir / "dvc.yaml").write_text("stages:\n  fetch:\n    cmd: sent fetch\n    deps: [${data.dvc_dep}]\n")
     base = ["fetch", "reviews.csv", "--text-column", "review", "--label-column", "sentiment"]
     fix = ("data.source reviews.csv is outside data.dvc_dep (data/raw), what the DVC fetch stage depends on: "
            "set data.dvc_dep: reviews.csv in params.yaml (dvc exp run: -S data.dvc_dep=reviews.csv)")
     result = runner.invoke(app, base)
-    assert result.exit_code == 0 and f"note: {fix}" in result.output, result.output
+    assert result.exit_code == 0 and "dvc" not in result.output.lower(), result.output
     monkeypatch.setenv("DVC_STAGE", "fetch")  # what DVC sets for a stage's command
     (workdir / "data/processed/meta.json").unlink()
     result = runner.invoke(app, base)

@@ -247,11 +247,13 @@ def write_log(location: Path, texts: list[str], probs: np.ndarray, labels: list[
 def speed(bench: Bench, rest: list[str], repeats: int) -> dict:
     """The 100,000-record log: read it, run every test but the embedding test as `sent drift`
     runs them (Monitor.report with the embedding test off), then the embedding test alone at 200,
-    the encoding of 200 texts, and the whole `sent drift` command (JSON + HTML)."""
+    the encoding of 200 texts (torch and the ONNX encoder), and the whole `sent drift` command
+    (JSON + HTML): once with an empty encoder cache (it exports), then per repeat with the ONNX
+    encoder (drift.encoder=onnx, the default) and with torch (drift.encoder=torch)."""
     import shutil
 
     from sentiment_cli import config, predlog
-    from sentiment_cli.drift import Monitor, stats
+    from sentiment_cli.drift import Monitor, encoder, stats
 
     m, cfg = bench.monitor, bench.cfg
     log_dir = bench.work / "speed-log"
@@ -261,60 +263,84 @@ def speed(bench: Bench, rest: list[str], repeats: int) -> dict:
     no_emb = Monitor(config.load(bench.profile, [*bench.overrides, "drift.window=100000", "drift.embeddings=false"]),
                      "models/candidate")
     _ = no_emb.predictor  # loaded once, outside the timings (the CLI's figure includes it)
-    read_s, report_s, parts, mmd_s, mmd_full_s, encode_s, cli_s, loads = [], [], [], [], [], [], [], []
+    runs: dict[str, list] = {k: [] for k in ("read", "report", "parts", "mmd", "mmd_full", "encode", "onnx", "cli",
+                                             "cli_parts", "torch_cli", "torch_parts", "loads")}
     rng = np.random.default_rng(SEED)
-    texts = rest
+    cache = bench.work / "onnx-cache"  # the encoder's export, built by the first CLI run below
+    shutil.rmtree(cache, ignore_errors=True)
+    sets = [x for o in [*bench.overrides, f"paths.onnx_cache={cache}"] for x in ("--set", o)]
+
+    def cli(*more: str) -> tuple[float, dict]:
+        t = time.perf_counter()
+        sent("drift", "--profile", bench.profile, "--model", "models/candidate", "--current", str(log_dir),
+             "--window", "100000", "--output-dir", str(bench.work / "speed-reports"), *sets, *more, cwd=bench.work)
+        took = time.perf_counter() - t
+        doc = json.loads((bench.work / "speed-reports" / "drift.json").read_text())
+        return took, {**{k: round(v, 3) for k, v in doc["timings"].items()}, "encoder": doc["reference"]["encoder"]}
+
+    def timed(key: str, fn, *args):
+        t = time.perf_counter()
+        out = fn(*args)
+        runs[key].append(time.perf_counter() - t)
+        return out
+
+    first = {"loadavg_before": [round(x, 2) for x in os.getloadavg()]}
+    first["seconds"], first["parts"] = cli()
+    print(f"speed: first cli run (exports the encoder) {first}", flush=True)
+    onnx_enc = encoder.load(m.folder, m.sha, str(cache))
     for _ in range(repeats):
-        loads.append([round(x, 2) for x in os.getloadavg()])
-        t = time.perf_counter()
-        got = predlog.read_window(log_dir, 100_000)
-        read_s.append(time.perf_counter() - t)
-        assert len(got.records) == 100_000
-        t = time.perf_counter()
-        doc = no_emb.report(str(log_dir))
-        report_s.append(time.perf_counter() - t)
-        parts.append({k: round(v, 3) for k, v in doc["timings"].items()})
+        runs["loads"].append([round(x, 2) for x in os.getloadavg()])
+        assert len(timed("read", predlog.read_window, log_dir, 100_000).records) == 100_000
+        doc = timed("report", no_emb.report, str(log_dir))
+        runs["parts"].append({k: round(v, 3) for k, v in doc["timings"].items()})
         assert doc["window"]["n"] == 100_000 and len(doc["tests"]) == 10
-        idx = rng.choice(len(texts), 200, replace=False)
-        t = time.perf_counter()
-        emb = m.predictor.embed([texts[i] for i in idx])
-        encode_s.append(time.perf_counter() - t)
+        sample = [rest[i] for i in rng.choice(len(rest), 200, replace=False)]
+        emb = timed("encode", m.predictor.embed, sample)
+        timed("onnx", onnx_enc.embed, sample)
         ref_emb = m.ref.embeddings
         r = np.sort(rng.choice(len(ref_emb), min(len(ref_emb), cfg.drift.embedding_sample), replace=False))
-        t = time.perf_counter()
-        stats.mmd_test(ref_emb[r], emb, cfg.drift.permutations, rng, 0.01)
-        mmd_s.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        stats.mmd_test(ref_emb, emb, cfg.drift.permutations, rng, 0.01)
-        mmd_full_s.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        sets = [x for o in bench.overrides for x in ("--set", o)]
-        sent("drift", "--profile", bench.profile, "--model", "models/candidate", "--current", str(log_dir),
-             "--window", "100000", "--output-dir", str(bench.work / "speed-reports"), *sets, cwd=bench.work)
-        cli_s.append(time.perf_counter() - t)
-        print(f"speed: read {read_s[-1]:.2f} s, report without embeddings {report_s[-1]:.2f} s {parts[-1]}, "
-              f"encode {encode_s[-1]:.2f} s, mmd {mmd_s[-1]:.3f} s, cli {cli_s[-1]:.1f} s, load {loads[-1]}",
-              flush=True)
+        timed("mmd", stats.mmd_test, ref_emb[r], emb, cfg.drift.permutations, rng, 0.01)
+        timed("mmd_full", stats.mmd_test, ref_emb, emb, cfg.drift.permutations, rng, 0.01)
+        for key, parts, more in (("torch_cli", "torch_parts", ("--set", "drift.encoder=torch")),
+                                 ("cli", "cli_parts", ())):
+            took, timings = cli(*more)
+            runs[key].append(took)
+            runs[parts].append(timings)
+        print("speed: " + ", ".join(f"{k} {v[-1] if k.endswith(('parts', 'loads')) else round(v[-1], 3)}"
+                                    for k, v in runs.items()), flush=True)
     report = json.loads((bench.work / "speed-reports" / "drift.json").read_text())
+    return _speed_summary(runs, first, report, repeats, int(min(len(m.ref), cfg.drift.embedding_sample)),
+                          len(m.ref), cfg.drift)
 
-    def med(xs):
-        return round(statistics.median(xs), 3)
 
-    return {"records": 100_000, "repeats": repeats, "loadavg_before_each": loads,
-            "read_log_s": {"median": med(read_s), "all": [round(x, 3) for x in read_s]},
+def _speed_summary(runs: dict[str, list], first: dict, report: dict, repeats: int, ref_sample: int, ref_n: int,
+                   d) -> dict:
+    def med(key: str, digits: int = 3) -> dict:
+        return {"median": round(statistics.median(runs[key]), digits), "all": [round(x, digits) for x in runs[key]]}
+
+    return {"records": 100_000, "repeats": repeats, "loadavg_before_each": runs["loads"],
+            "read_log_s": med("read"),
             "read_and_all_tests_but_embeddings_s": {
-                "median": med(report_s), "all": [round(x, 3) for x in report_s], "parts": parts,
+                **med("report"), "parts": runs["parts"],
                 "what": "Monitor.report on the log, drift.window=100000, drift.embeddings=false: read, "
                         "features, 10 tests, histograms, words (no model load, no writing)"},
-            "encode_200_texts_s": {"median": med(encode_s), "all": [round(x, 3) for x in encode_s]},
-            "embedding_test_200_vs_reference_sample_s": {
-                "median": med(mmd_s), "all": [round(x, 4) for x in mmd_s],
-                "reference_n": int(min(len(m.ref), cfg.drift.embedding_sample)),
-                "permutations": cfg.drift.permutations},
-            "embedding_test_200_vs_whole_reference_s": {"median": med(mmd_full_s), "reference_n": len(m.ref)},
-            "whole_cli_run_100k_s": {"median": med(cli_s), "all": [round(x, 2) for x in cli_s],
-                                     "includes": "python start, imports, model load, read, features, 12 tests, "
-                                                 f"encoding {cfg.drift.embedding_sample} texts, JSON + HTML"},
+            "encode_200_texts_s": {**med("encode"),
+                                   "what": "torch, model.Predictor.embed (what eval stores in the reference)"},
+            "encode_200_texts_onnx_s": {**med("onnx"), "what": "drift/encoder.py: ONNX Runtime, batches of 32"},
+            "embedding_test_200_vs_reference_sample_s": {**med("mmd", 4), "reference_n": ref_sample,
+                                                         "permutations": d.permutations},
+            "embedding_test_200_vs_whole_reference_s": {**med("mmd_full"), "reference_n": ref_n},
+            "whole_cli_run_100k_s": {**med("cli", 2), "parts": runs["cli_parts"],
+                                     "encoder": "onnx (drift.encoder=onnx, the default; its export cached)",
+                                     "includes": "python start, imports, encoder load, read, features, tests, "
+                                                 f"encoding {d.embedding_sample} texts, JSON + HTML"},
+            "whole_cli_run_100k_torch_s": {**med("torch_cli", 2), "parts": runs["torch_parts"],
+                                           "encoder": "torch (drift.encoder=torch)",
+                                           "includes": "python start, imports (torch, transformers), model "
+                                                       "load, the rest as above"},
+            "first_cli_run_100k_s": {**first, "seconds": round(first["seconds"], 2),
+                                     "what": "the first run on these weights, encoder cache empty: it exports "
+                                             "the encoder (torch) once, then runs as above"},
             "cli_report_timings": report["timings"], "cli_status": report["status"]}
 
 

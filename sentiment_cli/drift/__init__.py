@@ -12,8 +12,10 @@ Exit statuses with --fail-on-drift: 0 no drift, 4 drift found, 5 not enough data
 1 (could not run) and 2 (bad usage). Without --fail-on-drift every completed run exits 0.
 
 The package: stats.py (the statistics, pure), detect.py (features → tests), report.py (JSON,
-HTML, terminal table), service.py (`sent drift --serve`), here: loading the model, the
-reference and the window.
+HTML, terminal table), service.py (`sent drift --serve`), encoder.py (the window's embeddings
+in ONNX Runtime, drift.encoder=onnx; torch is loaded only to score a table, for
+drift.encoder=torch, or with drift.embeddings=false, whose token counts come from the model's
+tokenizer), here: loading the model, the reference and the window.
 """
 
 from __future__ import annotations

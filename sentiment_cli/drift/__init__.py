@@ -140,6 +140,9 @@ class Monitor:
                     self._encoder = encoder.load(self.folder, self.sha, self.cfg.paths.onnx_cache)
                 except SentError as exc:
                     print(f"note: {first_line(exc)}", file=sys.stderr, flush=True)
+                except OSError as exc:  # e.g. a read-only cache folder: slower, not broken
+                    print(f"note: no ONNX encoder ({first_line(exc)}); drift encodes with torch",
+                          file=sys.stderr, flush=True)
         return self._encoder or None
 
     def _token_lengths(self, texts: list[str]) -> np.ndarray:

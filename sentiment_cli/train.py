@@ -180,6 +180,9 @@ def run(cfg: Config, resume: bool | str = False, profile: str | None = None) -> 
     accelerator.wait_for_everyone()
 
     resolved = lineage.effective_config(cfg, fetched)
+    # the tokens the model was trained at (model.build clamps to its positions): sent.json's
+    # max_length, so eval, serve and ONNX use it without a note each
+    resolved["model"]["max_length"] = min(cfg.model.max_length, int(tokenizer.model_max_length or 10**9))
     tracking = accelerator.is_main_process and cfg.mlflow.enabled
     tags = {"sent.kind": "train", "sent.version": __version__, "sent.profile": profile or "",
             **({lineage.MISMATCH_TAG: lineage.mismatch_tag(differ)} if differ else {})}

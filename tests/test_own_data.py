@@ -118,6 +118,34 @@ def test_a_table_outside_what_the_dvc_fetch_stage_depends_on_is_named_with_the_f
     assert result.exit_code == 2 and "data.dvc_dep must be a local path" in one_line_error(result)
 
 
+def test_a_model_folder_with_short_positions_is_trained_at_what_it_allows_with_one_note(workdir):
+    """One note at train; sent.json records the clamped length, so eval (ONNX included) needs none."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from sentiment_cli import model
+
+    reviews_csv(workdir)
+    texts = pd.read_csv(workdir / "reviews.csv")["review"].tolist()
+    tok = model.train_tokenizer(texts, 200)
+    BertForSequenceClassification(BertConfig(
+        vocab_size=len(tok), hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+        max_position_embeddings=16, num_labels=2)).save_pretrained(workdir / "short")
+    tok.save_pretrained(workdir / "short")
+    result = runner.invoke(app, ["fetch", "reviews.csv", "--text-column", "review", "--label-column", "sentiment"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["train", "--profile", "tiny", "--set", f"model.name={workdir / 'short'}",
+                                 "--set", "train.epochs=1"])
+    assert result.exit_code == 0, result.output
+    notes = [line for line in result.output.splitlines() if line.startswith("note: model.max_length")]
+    assert notes == [f"note: model.max_length 64 is more than {workdir / 'short'} allows; using 16 tokens"]
+    meta = json.loads((workdir / "models/candidate/sent.json").read_text())
+    assert meta["config"]["model"]["max_length"] == 16
+    result = runner.invoke(app, ["eval", "--profile", "tiny", "--set", "eval.compare=[onnx-int8]",
+                                 "--set", f"paths.onnx_cache={workdir / 'onnx'}"])
+    assert result.exit_code == 0, result.output
+    assert "note: model.max_length" not in result.output and "onnx-int8 accuracy" in result.output
+
+
 def test_max_train_samples_given_to_train_cuts_the_fetched_split(workdir):
     reviews_csv(workdir)
     assert runner.invoke(app, ["fetch", "reviews.csv", "--text-column", "review",

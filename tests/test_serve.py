@@ -520,6 +520,12 @@ def api_schema(tmp_path_factory, tiny_predictor):
     cfg = serve_config(tmp_path_factory.mktemp("schemathesis-log"))
     schema = schemathesis.openapi.from_asgi("/schema/openapi.json",
                                             serve.create_app(cfg, predictor=tiny_predictor))
+    # A body over serve.max_body_bytes is rejected with 413 (documented in the schema), which
+    # the negative-data check does not count as a rejection by default.
+    from schemathesis.config._checks import NEGATIVE_DATA_REJECTION_EXPECTED_STATUSES, NegativeDataRejectionConfig
+
+    schema.config.checks.negative_data_rejection = NegativeDataRejectionConfig(
+        expected_statuses=[*NEGATIVE_DATA_REJECTION_EXPECTED_STATUSES, "413"])
     # The first call starts the app's lifespan; wait for the warm-up before testing.
     deadline = time.monotonic() + 30
     while schema["/readyz"]["GET"].Case().call().status_code != 200:
@@ -724,6 +730,59 @@ def test_batcher_passes_a_model_error_to_its_batch_and_carries_on():
     failed, later = asyncio.run(main())
     assert [type(r) for r in failed] == [RuntimeError, RuntimeError]
     assert [p.label for p in later] == ["c"]
+
+
+def test_torch_on_a_cpu_serves_a_lane_per_core_single_threaded_when_passes_overlap(
+        tmp_path, tiny_predictor, caplog):
+    """serve.threads=0: a lane per core; a pass alone uses torch's threads, passes side by side
+    one thread each, and the rest of the process keeps its torch thread count;
+    serve.threads=N: one pass at a time."""
+    import torch
+
+    from sentiment_cli.onnxrt import usable_cores
+    from sentiment_cli.serve.service import Service
+
+    if usable_cores() < 2:
+        pytest.skip("lanes need two cores")
+    here = torch.get_num_threads()
+
+    class Recording:  # the tiny model, noting each pass's torch threads
+        def __init__(self):
+            self.seen: list[int] = []
+
+        def __getattr__(self, name):
+            return getattr(tiny_predictor, name)
+
+        def predict(self, texts, parallel=True):
+            self.seen.append(torch.get_num_threads())
+            time.sleep(0.05)  # long enough for the passes of concurrent requests to overlap
+            return tiny_predictor.predict(texts, parallel)
+
+    async def serve_some(*overrides):
+        predictor = Recording()
+        svc = Service(serve_config(tmp_path / "log", "serve.max_batch_size=2", *overrides),
+                      predictor, None, 30.0)
+        await svc.start()
+        try:
+            assert await svc.wait_ready(), svc.detail
+            predictor.seen.clear()  # the warm-up
+            await svc.predict(["alone"])
+            alone = list(predictor.seen)
+            predictor.seen.clear()
+            await asyncio.gather(*(svc.predict([f"together {i}"]) for i in range(12)))
+            return svc.batcher.lanes, alone, set(predictor.seen)
+        finally:
+            await svc.stop()
+
+    with caplog.at_level("INFO", logger="uvicorn.error"):
+        lanes, alone, together = asyncio.run(serve_some())
+    assert lanes == usable_cores() and alone == [here] and 1 in together
+    assert torch.get_num_threads() == here  # this thread, and threads started later, unchanged
+    with ThreadPoolExecutor(1) as fresh:
+        assert fresh.submit(torch.get_num_threads).result() == here
+    assert any(f"on {lanes} lanes" in r.getMessage() for r in caplog.records)
+    lanes, alone, together = asyncio.run(serve_some("serve.threads=1"))
+    assert lanes == 1 and alone == [here] and together == {here}
 
 
 def test_batcher_lanes_run_side_by_side_and_stop_finishes_them():
@@ -1037,9 +1096,10 @@ def _queued(url: str) -> float:
 def test_sigterm_finishes_requests_in_flight_and_flushes_the_log(tmp_path, tiny_model_dir):
     n = 12
     texts = [f"in flight review {i}: " + "great " * i for i in range(n)]
-    # A long batching wait holds every request inside the server when SIGTERM arrives.
+    # A long batching wait holds every request inside the server when SIGTERM arrives (one lane:
+    # with a lane per core, the first lane's batch of 8 would start at once).
     with running_server(tiny_model_dir, tmp_path, "--set", "serve.max_wait_ms=1500",
-                        "--set", "serve.max_batch_size=64") as server:
+                        "--set", "serve.max_batch_size=64", "--set", "serve.threads=1") as server:
 
         async def send_all():
             async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
@@ -1079,9 +1139,9 @@ def test_sigterm_answers_what_cannot_finish_in_the_budget_with_503(tmp_path, tin
     budget ends, nothing gets a 500 or a dropped connection, and the exit status is 0."""
     n, budget = 10, 2.0
     texts = [f"too late review {i}" for i in range(n)]
-    # Each batch would wait 20 s for company: far past the budget.
+    # Each batch would wait 20 s for company: far past the budget (one lane, as above).
     with running_server(tiny_model_dir, tmp_path, "--set", "serve.max_wait_ms=20000",
-                        "--set", "serve.max_batch_size=64",
+                        "--set", "serve.max_batch_size=64", "--set", "serve.threads=1",
                         "--set", f"serve.shutdown_budget_s={budget}") as server:
 
         async def send_all():

@@ -33,14 +33,15 @@ class _Item:
 class Batcher:
     """Gathers the texts of concurrent requests into forward passes on worker threads.
 
-    With one lane (torch: its own threads work inside each pass) a batch holds up to
-    max_batch_size texts, and the next batch is gathered while nothing runs. With more lanes
-    (ONNX Runtime: one single-threaded pass per core) up to `lanes` batches run at once.
+    With one lane (its threads work inside each pass) a batch holds up to max_batch_size texts,
+    and the next batch is gathered while nothing runs. With more lanes (one single-threaded pass
+    per core) up to `lanes` batches run at once. before_pass(alone) runs on the lane's thread
+    before each pass: alone when no other pass runs and nothing waits.
     """
 
     def __init__(self, predict: Callable[[list[str]], list[Prediction]], *, max_batch_size: int,
                  max_wait_ms: float, on_batch: Callable[[int, float], None] | None = None,
-                 lanes: int = 1) -> None:
+                 lanes: int = 1, before_pass: Callable[[bool], None] | None = None) -> None:
         self._predict = predict
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000
@@ -48,6 +49,7 @@ class Batcher:
         self._on_batch = on_batch
         self._queue: asyncio.Queue[_Item | None] = asyncio.Queue()
         self._executor = ThreadPoolExecutor(max_workers=self.lanes, thread_name_prefix="sent-forward")
+        self._before_pass = before_pass
         self._task: asyncio.Task | None = None
         self._running: set[asyncio.Task] = set()
         self.queued_texts = 0
@@ -160,6 +162,11 @@ class Batcher:
         self._running.add(task)
         task.add_done_callback(self._running.discard)
 
+    def _pass(self, texts: list[str], alone: bool) -> list[Prediction]:
+        if self._before_pass is not None:
+            self._before_pass(alone)
+        return self._predict(texts)
+
     async def _forward(self, batch: list[_Item]) -> None:
         if self._refusal is not None:
             for item in batch:
@@ -170,10 +177,11 @@ class Batcher:
         if not live:
             return
         texts = [t for i in live for t in i.texts]
+        alone = len(self._running) <= 1 and self._queue.empty()
         start = time.perf_counter()
         try:
             preds = await asyncio.get_running_loop().run_in_executor(
-                self._executor, self._predict, texts)
+                self._executor, self._pass, texts, alone)
         except Exception as exc:
             for i in live:
                 if not i.future.done():

@@ -11,6 +11,7 @@ import contextlib
 import functools
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -28,6 +29,26 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 # Lifecycle lines an operator reads beside uvicorn's own (uvicorn configures this logger).
 events = logging.getLogger("uvicorn.error")
+_pass_threads = threading.local()  # the torch thread count each lane last set
+
+
+def torch_pass_threads(n: int, default: int) -> None:
+    """Make torch's passes on the calling thread use n threads; every other thread keeps its
+    setting, and threads starting later get `default` (serve's lanes call this before a pass).
+
+    torch.set_num_threads sets the calling thread's OpenMP and MKL thread counts, and also the
+    count that threads starting later take; a short-lived thread puts the latter back.
+    """
+    if getattr(_pass_threads, "n", None) == n:
+        return
+    import torch
+
+    torch.set_num_threads(n)
+    _pass_threads.n = n
+    if n != default:
+        restore = threading.Thread(target=torch.set_num_threads, args=(default,), name="sent-threads")
+        restore.start()
+        restore.join()
 
 
 class Metrics:
@@ -193,13 +214,37 @@ class Service:
             if seconds > 0:  # a moving average: what Retry-After promises follows the load
                 self._rate = n / seconds if self._rate == 0 else 0.8 * self._rate + 0.2 * n / seconds
 
-        lanes = getattr(predictor, "lanes", 1)
+        lanes, before_pass = self._lanes_for(predictor)
         if lanes > 1:  # each lane runs one small batch on one thread, side by side
             return Batcher(functools.partial(predictor.predict, parallel=False),
                            max_batch_size=min(s.max_batch_size, predictor.batch_size),
-                           max_wait_ms=s.max_wait_ms, on_batch=on_batch, lanes=lanes)
+                           max_wait_ms=s.max_wait_ms, on_batch=on_batch, lanes=lanes,
+                           before_pass=before_pass)
         return Batcher(predictor.predict, max_batch_size=s.max_batch_size,
                        max_wait_ms=s.max_wait_ms, on_batch=on_batch)
+
+    def _lanes_for(self, predictor: Predictor) -> tuple[int, Callable[[bool], None] | None]:
+        """How many passes run side by side, and what a lane's thread does before each pass.
+
+        ONNX Runtime's predictor says its own lanes. torch on a CPU gets a lane per core (of this
+        worker's share): a pass that runs alone uses torch's threads, as before; passes that run
+        side by side use one thread each, so none waits for a thread a busy neighbour has
+        descheduled (docs/performance.md). serve.threads > 0 asks for one pass at a time on that
+        many threads instead, as does any predictor not on a CPU.
+        """
+        lanes = getattr(predictor, "lanes", 1)
+        s = self.cfg.serve
+        torch_cpu = str(getattr(predictor, "variant", "")).startswith("torch") and getattr(
+            predictor, "on_cpu", False)
+        if lanes > 1 or not torch_cpu or s.threads > 0:
+            return lanes, None
+        import torch
+
+        from sentiment_cli.onnxrt import usable_cores
+
+        default = torch.get_num_threads()
+        return (max(1, usable_cores() // max(1, s.workers)),
+                lambda alone: torch_pass_threads(default if alone else 1, default))
 
     async def _load_and_warm_up(self) -> None:
         batcher: Batcher | None = None
@@ -220,8 +265,9 @@ class Service:
             self.status = "ready"
             self._settled.set()
             events.info(
-                "model %s version %s ready as %s (warm-up %.0f ms)", predictor.name,
-                predictor.version, self._info_labels[2], (time.perf_counter() - start) * 1000)
+                "model %s version %s ready as %s on %d lane%s (warm-up %.0f ms)", predictor.name,
+                predictor.version, self._info_labels[2], batcher.lanes, "s" * (batcher.lanes > 1),
+                (time.perf_counter() - start) * 1000)
         except asyncio.CancelledError:
             raise
         except Exception as exc:

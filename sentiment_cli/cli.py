@@ -111,7 +111,10 @@ def fetch(
     flags = {"data.source": source, "data.text_column": text_column, "data.label_column": label_column,
              "data.label_names": names}
     cfg = load_config(profile, set_, flags)
-    _run(lambda: step.run(cfg))
+    # the data keys this command line names: a choice, not a stale configuration, for train's word
+    given = {k.split(".", 1)[1] for k, v in flags.items() if v is not None}
+    given |= {k.split(".", 1)[1] for k in (s.split("=", 1)[0].strip() for s in set_ or []) if k.startswith("data.")}
+    _run(lambda: step.run(cfg, given=sorted(given)))
 
 
 @app.command()

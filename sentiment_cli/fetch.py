@@ -14,13 +14,16 @@ from typing import TYPE_CHECKING
 from sentiment_cli import __version__, config, data
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from sentiment_cli.config import Config
 
 log = logging.getLogger(__name__)
 
 
-def run(cfg: Config) -> Path:
-    """Fetch, validate and write the splits; returns the data folder."""
+def run(cfg: Config, given: Sequence[str] = ()) -> Path:
+    """Fetch, validate and write the splits; returns the data folder. `given`: the data keys named on
+    fetch's own command line (meta.json's data_given), which train treats as chosen, not stale."""
     _check_dvc_dependency(cfg)  # before any work
     splits, report = data.prepare(cfg)
     counts = {s: len(df) for s, df in splits.items()}
@@ -40,6 +43,7 @@ def run(cfg: Config) -> Path:
             "overlap_with_train": report.overlap_with_train,
         },
         "data_config": data_config,
+        "data_given": sorted(given),
         "sent_version": __version__,
     }
     out = data.write(splits, Path(cfg.paths.data_dir), meta)

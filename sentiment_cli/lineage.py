@@ -5,9 +5,15 @@ The data a run trains on is what `sent fetch` wrote (data/processed/meta.json), 
 configuration of `sent train` says: fetch may have run with `--set data.source=reviews.csv` and
 train without it. So the run's data params, its MLflow datasets (mlflow.log_input, one per
 split, with digest and source) and the model's sent.json come from meta.json, and a data section
-that disagrees with it is printed as a warning naming both values (and tagged on the run): the
-run goes ahead on the fetched data, since refusing would make every `fetch --set ...` be
-repeated at train.
+that disagrees with it is said out loud (and every such key tagged on the run, sent.data_mismatch):
+the run goes ahead on the fetched data, since refusing would make every `fetch --set ...` be
+repeated at train. How loud depends on why they differ. A key fetch was given on its own command
+line (SOURCE, --text-column, --label-column, --labels, --set data.KEY=..., listed in meta.json's
+data_given) was chosen for this data: one note names both values and how to be quiet (the values
+in ./params.yaml or a profile), as fetching again with this configuration would fetch other data.
+Any other key differs because the configuration changed after the fetch (params.yaml edited, another
+profile): the fetched data may be stale, and a warning says to run `sent fetch` again. A meta.json
+written before data_given existed counts every key as the second kind.
 
 Params are the settings that change the trained weights (seed, data, model, train); the whole
 resolved configuration is an artifact of the run (config.yaml) instead.
@@ -79,9 +85,26 @@ def mismatch_line(data_dir: str | Path, differ: dict[str, tuple[Any, Any]]) -> s
             "values; run `sent fetch` with this configuration to train on it instead")
 
 
-def warn_mismatch(data_dir: str | Path, differ: dict[str, tuple[Any, Any]]) -> None:
-    if differ:
-        print(mismatch_line(data_dir, differ), file=sys.stderr, flush=True)
+def given_line(data_dir: str | Path, differ: dict[str, tuple[Any, Any]]) -> str:
+    """One note for the keys fetch was given on its command line: a choice, not stale data."""
+    pairs = ", ".join(f"data.{k} {_show(f)} (configured: {_show(g)})" for k, (f, g) in differ.items())
+    return (f"note: training on the data `sent fetch` was given for {data_dir}: {pairs}; the run and the model "
+            "record these (for no note, put them in ./params.yaml or a profile)")
+
+
+def _show(value: Any) -> str:
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def warn_mismatch(data_dir: str | Path, differ: dict[str, tuple[Any, Any]], given: Any = None) -> None:
+    """A note for the differing keys fetch was given (meta.json's data_given), the warning for the
+    rest: those differ because the configuration changed since the fetch."""
+    chosen = {k: v for k, v in differ.items() if k in set(given or ())}
+    stale = {k: v for k, v in differ.items() if k not in chosen}
+    if chosen:
+        print(given_line(data_dir, chosen), file=sys.stderr, flush=True)
+    if stale:
+        print(mismatch_line(data_dir, stale), file=sys.stderr, flush=True)
 
 
 def mismatch_tag(differ: dict[str, tuple[Any, Any]]) -> str:

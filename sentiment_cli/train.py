@@ -165,7 +165,7 @@ def run(cfg: Config, resume: bool | str = False, profile: str | None = None) -> 
     labels = list(data_meta["labels"])
     fetched, differ = lineage.fetched_data(cfg, data_meta)  # what fetch wrote, not this config's
     if accelerator.is_main_process:
-        lineage.warn_mismatch(cfg.paths.data_dir, differ)
+        lineage.warn_mismatch(cfg.paths.data_dir, differ, data_meta.get("data_given"))
     tokenizer, net = _tokenizer_and_model(cfg, accelerator, ckpt_root, labels, splits, resume)
     use_graphs = _use_graphs(cfg, accelerator)
     train_dl, val_dl = _loaders(cfg, tokenizer, splits, use_graphs)

@@ -46,6 +46,23 @@ def test_the_fetched_data_wins_and_each_difference_is_named():
     assert lineage.fetched_data(cfg, _meta())[1] == {}
 
 
+def test_keys_fetch_was_given_are_a_note_the_others_a_warning(capsys):
+    differ = {"source": ("reviews.csv", "builtin:rt-polarity"), "label_names": (["neg", "pos"], ["bad", "good"]),
+              "split_seed": (42, 7)}
+    lineage.warn_mismatch("data/processed", differ, ["label_names", "source", "text_column"])
+    note, warning = capsys.readouterr().err.splitlines()
+    assert note.startswith("note: training on the data `sent fetch` was given for data/processed: ")
+    assert "data.source reviews.csv (configured: builtin:rt-polarity)" in note
+    assert "data.label_names neg,pos (configured: bad,good)" in note and "params.yaml" in note
+    assert "split_seed" not in note and "sent fetch` with this configuration" not in note
+    assert warning == lineage.mismatch_line("data/processed", {"split_seed": (42, 7)})
+    # a meta.json from before data_given: every key is the warning, as then
+    lineage.warn_mismatch("data/processed", differ, None)
+    assert capsys.readouterr().err.splitlines() == [lineage.mismatch_line("data/processed", differ)]
+    lineage.warn_mismatch("data/processed", {}, ["source"])
+    assert capsys.readouterr().err == ""
+
+
 def test_inferred_labels_and_train_side_caps_are_not_mismatches():
     given = {**config.to_dict(config.load("tiny"))["data"], "label_names": None, "max_train_samples": 100}
     meta = {**_meta(max_train_samples=600), "labels": ["negative", "positive"]}
@@ -74,9 +91,10 @@ def test_dataset_names_and_digests():
     assert len(lineage.split_digest(df)) == 16
 
 
-def test_a_run_on_fetched_csv_data_records_that_data_and_warns_about_the_config(tmp_path, monkeypatch, capsys):
+def test_a_run_on_fetched_csv_data_records_that_data_and_notes_the_config(tmp_path, monkeypatch, capsys):
     """fetch --set data.source=reviews.csv, then train with the tiny profile's own source: the run,
-    its datasets and sent.json all say reviews.csv, and a warning names both sources."""
+    its datasets and sent.json all say reviews.csv, and a note (fetch was given that source: no
+    stale data, no warning) names both sources; the run's tag names them too."""
     import mlflow
 
     monkeypatch.chdir(tmp_path)
@@ -91,8 +109,9 @@ def test_a_run_on_fetched_csv_data_records_that_data_and_warns_about_the_config(
     capsys.readouterr()
     trained = runner.invoke(app, ["train", "--profile", "tiny", *sets])
     assert trained.exit_code == 0, trained.output
-    warning = [line for line in trained.output.splitlines() if line.startswith("warning: this run trains on")]
-    assert len(warning) == 1 and "data.source is 'reviews.csv' there, 'builtin:rt-polarity' here" in warning[0]
+    note = [line for line in trained.output.splitlines() if line.startswith("note: training on the data")]
+    assert len(note) == 1 and "data.source reviews.csv (configured: builtin:rt-polarity)" in note[0]
+    assert "warning: this run trains on" not in trained.output
 
     meta = model.read_meta("models/candidate")
     assert meta["data_source"] == meta["config"]["data"]["source"] == "reviews.csv"  # agrees with itself

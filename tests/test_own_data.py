@@ -184,3 +184,46 @@ def test_accuracy_at_chance_is_a_warning_and_better_is_not():
     assert metrics.at_chance(0.75, {"negative": 79, "positive": 81}) is None
     assert metrics.at_chance(0.91, {"a": 900, "b": 100}) is not None  # 90% is the majority's share
     assert metrics.at_chance(0.99, {"a": 900, "b": 100}) is None
+
+
+def test_a_fetch_given_its_data_on_the_command_line_gives_train_a_note_not_the_warning(workdir):
+    """fetch reviews.csv --text-column ... then train --profile tiny: the data keys fetch was given
+    are a deliberate choice, so train says in one note what it trains on, with no advice to fetch
+    again (which would fetch the profile's data)."""
+    reviews_csv(workdir)
+    result = runner.invoke(app, ["fetch", "reviews.csv", "--text-column", "review", "--label-column", "sentiment",
+                                 "--set", "data.val_fraction=0.1"])
+    assert result.exit_code == 0, result.output
+    meta = json.loads((workdir / "data/processed/meta.json").read_text())
+    assert meta["data_given"] == ["label_column", "source", "text_column", "val_fraction"]
+    result = runner.invoke(app, ["train", "--profile", "tiny", *QUIET, "--set", "train.epochs=1"])
+    assert result.exit_code == 0, result.output
+    assert "warning: this run trains on" not in result.output
+    notes = [line for line in result.output.splitlines() if line.startswith("note: training on the data")]
+    assert len(notes) == 1, result.output
+    assert "data.source reviews.csv (configured: builtin:rt-polarity)" in notes[0]
+    assert "data.text_column review (configured: text)" in notes[0]
+    assert "data.label_column sentiment (configured: label)" in notes[0]
+    assert "params.yaml" in notes[0] and "run `sent fetch`" not in notes[0]
+    sent = json.loads((workdir / "models/candidate/sent.json").read_text())
+    assert sent["config"]["data"]["source"] == "reviews.csv"
+
+
+def test_data_keys_changed_in_params_yaml_after_a_fetch_still_warn(workdir):
+    """fetch reads data.source from ./params.yaml; params.yaml then names another table: the
+    fetched data is stale, and train keeps the warning that says to fetch again."""
+    reviews_csv(workdir)
+    keys = "  text_column: review\n  label_column: sentiment\n"
+    (workdir / "params.yaml").write_text(f"data:\n  source: reviews.csv\n{keys}")
+    result = runner.invoke(app, ["fetch"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((workdir / "data/processed/meta.json").read_text())["data_given"] == []
+    (workdir / "params.yaml").write_text(f"data:\n  source: more-reviews.csv\n{keys}")
+    result = runner.invoke(app, ["train", *QUIET, "--set", "model.name=scratch", "--set", "model.max_length=64",
+                                 "--set", "train.epochs=1", "--set", "train.lr=2e-3"])
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.output.splitlines() if line.startswith("warning: this run trains on")]
+    assert len(warnings) == 1, result.output
+    assert "data.source is 'reviews.csv' there, 'more-reviews.csv' here" in warnings[0]
+    assert "run `sent fetch` with this configuration" in warnings[0]
+    assert "note: training on the data" not in result.output

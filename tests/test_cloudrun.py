@@ -185,7 +185,8 @@ def test_serve_and_drift_arguments_are_real_sent_options() -> None:
 
 def test_drift_job_reports_through_its_exit_status(cfg) -> None:
     """--fail-on-drift: exit 4 on drift, 5 on too little data; the job does not retry a verdict,
-    reads the same log serve writes and the reference from the mounted artifact bucket."""
+    reads the same log serve writes and the reference from the mounted artifact bucket, where its
+    ONNX encoder is cached too."""
     from sentiment_cli import drift
 
     job = _committed(render.JOB_FILE)["template"]["template"]
@@ -199,6 +200,9 @@ def test_drift_job_reports_through_its_exit_status(cfg) -> None:
     (volume,) = job["volumes"]
     assert mount["name"] == volume["name"] and "gcs" in volume
     assert f"paths.metrics_dir={mount['mountPath']}/metrics" in args
+    # the ONNX export lasts on the bucket, not in the container each execution starts afresh
+    assert f"paths.onnx_cache={mount['mountPath']}/onnx-cache" in args
+    assert volume["gcs"]["mountOptions"] == [f"rename-dir-limit={render.RENAME_DIR_LIMIT}"]  # the cache's swap
     assert args[args.index("--output-dir") + 1].startswith(mount["mountPath"] + "/")
     assert job["executionEnvironment"] == "EXECUTION_ENVIRONMENT_GEN2"  # Cloud Storage volumes need it
 

@@ -103,15 +103,19 @@ def test_the_report_is_that_of_torch(pipeline, built, tmp_path):
     assert a["status"] == b["status"] and a["histograms"] == b["histograms"]
 
 
+def _report_on_a_log(pipeline: Path, tmp_path: Path, cache: Path, n: int) -> dict:
+    """drift's report on a log of n held-out texts served by the pipeline's candidate."""
+    monitor = Monitor(_cfg(pipeline, cache), str(pipeline / "models" / "candidate"))
+    _log(tmp_path / "log", _texts(pipeline, n), monitor.version, monitor.predictor)
+    return monitor.report(str(tmp_path / "log"))
+
+
 def test_a_model_that_cannot_be_exported_is_encoded_by_torch(pipeline, tmp_path, monkeypatch, capsys):
     def refuse(*args):
         raise ModelError("cannot export FancyModel's encoder to ONNX: unsupported; drift encodes with torch")
 
     monkeypatch.setattr(encoder, "_export", refuse)
-    folder = pipeline / "models" / "candidate"
-    monitor = Monitor(_cfg(pipeline, tmp_path / "cache"), str(folder))
-    _log(tmp_path / "log", _texts(pipeline, 80), monitor.version, monitor.predictor)
-    doc = monitor.report(str(tmp_path / "log"))
+    doc = _report_on_a_log(pipeline, tmp_path, tmp_path / "cache", 80)
     assert doc["reference"]["encoder"] == "torch" and "embeddings" in {t["name"] for t in doc["tests"]}
     assert "note: cannot export FancyModel's encoder to ONNX" in capsys.readouterr().err
     assert not list((tmp_path / "cache").glob("drift-encoder-*/manifest.json"))  # nothing half-built kept
@@ -120,10 +124,7 @@ def test_a_model_that_cannot_be_exported_is_encoded_by_torch(pipeline, tmp_path,
 def test_a_cache_that_cannot_be_written_means_torch(pipeline, tmp_path, capsys):
     blocked = tmp_path / "not-a-folder"
     blocked.write_text("a file where the cache folder would go")
-    folder = pipeline / "models" / "candidate"
-    monitor = Monitor(_cfg(pipeline, blocked / "cache"), str(folder))
-    _log(tmp_path / "log", _texts(pipeline, 60), monitor.version, monitor.predictor)
-    doc = monitor.report(str(tmp_path / "log"))
+    doc = _report_on_a_log(pipeline, tmp_path, blocked / "cache", 60)
     assert doc["reference"]["encoder"] == "torch" and "embeddings" in {t["name"] for t in doc["tests"]}
     assert "drift encodes with torch" in capsys.readouterr().err
 

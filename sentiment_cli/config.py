@@ -144,6 +144,7 @@ class Serve:
     shutdown_budget_s: float = MISSING
     log_failure_unready_s: float = MISSING
     follow_interval_s: float = MISSING
+    access_log: bool = MISSING
 
 
 @dataclass

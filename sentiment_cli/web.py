@@ -95,12 +95,90 @@ def metrics_controller() -> type:
     return MetricsController
 
 
-def prometheus_middleware(prefix: str, app_name: str = "sent") -> Any:
-    """HTTP request counts and latencies per route, named <prefix>_requests_total and so on."""
-    from litestar.plugins.prometheus import PrometheusConfig
+_http_metrics: dict[str, Any] = {}  # prefix -> its four metrics (a process registers each once)
 
-    return PrometheusConfig(app_name=app_name, prefix=prefix, group_path=True,
-                            buckets=LATENCY_BUCKETS).middleware
+
+def _http_metric_family(prefix: str) -> Any:
+    from prometheus_client import Counter, Gauge, Histogram
+
+    if prefix not in _http_metrics:
+        labels = ["method", "path", "status_code", "app_name"]
+        _http_metrics[prefix] = (
+            Counter(f"{prefix}_requests_total", "Total requests", labels),
+            Histogram(f"{prefix}_request_duration_seconds", "Request duration, in seconds", labels,
+                      buckets=LATENCY_BUCKETS),
+            Gauge(f"{prefix}_requests_in_progress", "Total requests currently in progress", labels,
+                  multiprocess_mode="livesum"),
+            Counter(f"{prefix}_requests_error_total", "Total errors in requests", labels))
+    return _http_metrics[prefix]
+
+
+def prometheus_middleware(prefix: str, app_name: str = "sent", log_failures: bool = False) -> Any:
+    """HTTP request counts and latencies per route: <prefix>_requests_total, _request_duration_seconds
+    (histogram), _requests_in_progress and _requests_error_total (status >= 500), each labelled
+    method, path (the route's template), status_code and app_name (in progress: status_code 200).
+
+    A plain ASGI middleware, run per route after routing: it keeps each label set's series and
+    does no more per request than the counting itself (a generic one built a request object, its
+    URL and a label dict each time; docs/performance.md). With log_failures, every answer with a
+    status of 400 or more is also one line on stderr, in uvicorn's access-log form: what the
+    access log said of failures when it is off (serve.access_log).
+    """
+    import time
+
+    total, duration, in_progress, errors = _http_metric_family(prefix)
+    series: dict[tuple[str, str, int], tuple[Any, Any, Any | None]] = {}
+    running: dict[tuple[str, str], Any] = {}
+    access = logging.getLogger("uvicorn.error")  # printed as uvicorn's own lines are
+
+    def done(method: str, path: str, status: int, seconds: float) -> None:
+        key = (method, path, status)
+        if key not in series:
+            values = (method, path, str(status), app_name)
+            series[key] = (total.labels(*values), duration.labels(*values),
+                           errors.labels(*values) if status >= 500 else None)
+        count, hist, error = series[key]
+        count.inc()
+        hist.observe(seconds)
+        if error is not None:
+            error.inc()
+
+    def middleware(app: Any) -> Any:
+        async def measured(scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] != "http":
+                await app(scope, receive, send)
+                return
+            method, path = scope["method"], scope.get("path_template") or scope["path"]
+            start, seen = time.perf_counter(), [500, 0.0]
+
+            async def sending(message: Any) -> None:
+                kind = message["type"]
+                if kind == "http.response.start":
+                    seen[0] = message["status"]
+                elif kind == "http.response.body" and not message.get("more_body"):
+                    seen[1] = time.perf_counter() - start
+                await send(message)
+
+            gauge = running.get((method, path))
+            if gauge is None:
+                gauge = running[(method, path)] = in_progress.labels(method, path, "200", app_name)
+            gauge.inc()
+            try:
+                await app(scope, receive, sending)
+            finally:
+                gauge.dec()
+                status = seen[0]
+                done(method, path, status, seen[1] or time.perf_counter() - start)
+                if log_failures and status >= 400:
+                    client = scope.get("client")
+                    where = f"{client[0]}:{client[1]}" if client else "-"
+                    access.log(logging.WARNING if status >= 500 else logging.INFO,
+                               '%s - "%s %s HTTP/%s" %d', where, method, scope["path"],
+                               scope.get("http_version", "1.1"), status)
+
+        return measured
+
+    return middleware
 
 
 # ---------------------------------------------------------------- draining on SIGTERM
@@ -226,8 +304,9 @@ def passive_thread_waits() -> dict[str, str]:
 
 
 def run_server(app: Any, *, host: str, port: int, workers: int = 1, factory: str | None = None,
-               graceful_s: float = GRACEFUL_SHUTDOWN_S) -> None:
-    """Serve until SIGINT/SIGTERM; requests in flight get graceful_s to finish.
+               graceful_s: float = GRACEFUL_SHUTDOWN_S, access_log: bool = True) -> None:
+    """Serve until SIGINT/SIGTERM; requests in flight get graceful_s to finish. access_log: uvicorn's
+    line per request (an app that turns it off logs its failures itself: prometheus_middleware).
 
     One worker runs `app` in this process. Several run `factory` ("module:function", which each
     worker calls to build its own app) with a shared Prometheus multiprocess directory.
@@ -235,7 +314,7 @@ def run_server(app: Any, *, host: str, port: int, workers: int = 1, factory: str
     import uvicorn
 
     common: dict[str, Any] = dict(host=host, port=port, log_level="info", lifespan="on",
-                                  timeout_graceful_shutdown=graceful_s)
+                                  timeout_graceful_shutdown=graceful_s, access_log=access_log)
     if workers == 1:
         uvicorn.run(app, **common)
         return

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import shutil
 import signal
 import threading
@@ -449,6 +450,61 @@ def test_metrics_count_requests_labels_batches_and_model(client):
     assert delta("sent_http_request_duration_seconds_count", path="/predict") == 2
     assert metric(after, "sent_model_info", name="tiny", version="7", variant="torch-fp32") == 1
     assert client.get("/metrics").headers["content-type"].startswith("text/plain")
+
+
+def test_http_metrics_count_each_status_and_failures_are_logged_without_an_access_log(cfg, tiny_predictor,
+                                                                                     caplog):
+    """The HTTP middleware: a series per method, route and status, 5xx also as errors, nothing
+    left in progress; with serve.access_log off (the default) each answer >= 400 is one log line
+    in the access log's form and a 200 none; with it on, uvicorn's access log says it instead."""
+    def logged() -> list[str]:
+        return [r.getMessage().split(" - ", 1)[1] for r in caplog.records if "HTTP/1.1" in r.getMessage()]
+
+    caplog.set_level(logging.INFO, logger="uvicorn.error")
+    with TestClient(serve.create_app(cfg, predictor=tiny_predictor)) as client:
+        wait_ready(client)
+        before = scrape(client)
+        caplog.clear()
+        assert client.post("/predict", json={"text": "a fine film"}).status_code == 200
+        assert client.post("/predict", json={"text": ""}).status_code == 422
+        assert client.post("/predict", content=b'{"text": "\xff"}', headers=JSON).status_code == 400
+        assert client.get("/healthz").status_code == 200
+        after = scrape(client)
+        lines = logged()
+
+    def delta(name, **lab):
+        return metric(after, name, **lab) - metric(before, name, **lab)
+
+    for status in ("200", "422", "400"):
+        assert delta("sent_http_requests_total", method="POST", path="/predict", status_code=status,
+                     app_name="sent") == 1
+    assert delta("sent_http_requests_total", method="GET", path="/healthz", status_code="200") == 1
+    assert delta("sent_http_request_duration_seconds_count", path="/predict") == 3
+    assert metric(after, "sent_http_requests_in_progress", method="POST", path="/predict") == 0
+    assert lines == ['"POST /predict HTTP/1.1" 422', '"POST /predict HTTP/1.1" 400']
+
+    class Broken(GatedPredictor):
+        calls = 0
+
+        def predict(self, texts):
+            Broken.calls += 1
+            if Broken.calls > 1:  # the warm-up passes, then the model breaks
+                raise RuntimeError("forward pass broke")
+            return self.inner.predict(texts)
+
+    gate = threading.Event()
+    gate.set()
+    on = serve_config(Path(cfg.paths.prediction_log), "serve.access_log=true")
+    with TestClient(serve.create_app(on, predictor=Broken(tiny_predictor, gate))) as client:
+        wait_ready(client)
+        before = scrape(client)
+        caplog.clear()
+        assert client.post("/predict", json={"text": "a fine film"}).status_code == 500
+        after = scrape(client)
+        lines = logged()
+    assert delta("sent_http_requests_total", path="/predict", status_code="500") == 1
+    assert delta("sent_http_requests_error_total", path="/predict", status_code="500") == 1
+    assert lines == []  # uvicorn's access log (on) has the line; the app does not repeat it
 
 
 def test_openapi_schema_matches_the_limits(client):
@@ -1026,6 +1082,9 @@ def test_cli_hands_uvicorn_the_app_and_the_options(tmp_path, tiny_model_dir, mon
     assert isinstance(app, Litestar)
     # the drain budget: under Cloud Run's 10 s between SIGTERM and SIGKILL
     assert (kw["host"], kw["port"], kw["timeout_graceful_shutdown"]) == ("0.0.0.0", 8123, 8.0)
+    assert kw["access_log"] is False  # failures are logged by the app itself (serve.access_log)
+    assert _invoke("--model", str(tiny_model_dir), "--set", "serve.access_log=true").exit_code == 0
+    assert calls.pop()[1]["access_log"] is True
 
     # Several workers: an import string and a factory, the resolved model passed by environment.
     result = _invoke("--model", str(tiny_model_dir), "--workers", "2", "--quantize", "--no-accuracy-gate")
@@ -1214,6 +1273,9 @@ def test_several_workers_share_metrics_and_the_log(tmp_path, tiny_model_dir):
     predicted = sum(s.value for s in families["sent_predictions"].samples
                     if s.name == "sent_predictions_total")
     assert predicted == len(texts)
+    answered = sum(s.value for s in families["sent_http_requests"].samples
+                   if s.name == "sent_http_requests_total" and s.labels["path"] == "/predict")
+    assert answered == len(texts)
     assert code in (0, -signal.SIGTERM), server.text()
 
 

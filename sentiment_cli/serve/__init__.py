@@ -62,7 +62,7 @@ def run(cfg: Config) -> None:
     if s.workers == 1:
         predictor = load_predictor(cfg, folder, info, threads=threads, gate=False)  # checked above
         web.run_server(create_app(cfg, predictor=predictor, follow=True), host=s.host, port=s.port,
-                       graceful_s=s.shutdown_budget_s)
+                       graceful_s=s.shutdown_budget_s, access_log=s.access_log)
         return
     if s.runtime == "onnx":
         from sentiment_cli import onnxrt
@@ -71,4 +71,4 @@ def run(cfg: Config) -> None:
     os.environ[SPEC_ENV] = json.dumps({"config": config.to_dict(cfg), "folder": str(folder),
                                        "info": info, "threads": threads}, default=str)
     web.run_server(None, host=s.host, port=s.port, workers=s.workers, factory=FACTORY,
-                   graceful_s=s.shutdown_budget_s)
+                   graceful_s=s.shutdown_budget_s, access_log=s.access_log)

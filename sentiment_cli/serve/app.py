@@ -263,7 +263,7 @@ def create_app(cfg: Config, predictor: Predictor | None = None, model_uri: str |
                         *web.health_routes(service.readiness),
                         _page_route(cfg), web.metrics_controller()],
         lifespan=[lifespan],
-        middleware=[web.prometheus_middleware("sent_http")],
+        middleware=[web.prometheus_middleware("sent_http", log_failures=not cfg.serve.access_log)],
         exception_handlers={500: _internal_error_handler(service)},
         openapi_config=OpenAPIConfig(
             title="sent", version=__version__, path="/schema",

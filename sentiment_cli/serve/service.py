@@ -14,7 +14,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sentiment_cli import predlog, web
 from sentiment_cli.errors import first_line
@@ -133,6 +133,9 @@ class Service:
         self.cancelled = 0  # requests uvicorn had to cancel: the drain was not clean
         self._rate = 0.0  # texts per second of recent passes, for Retry-After
         self._forget_drain: Callable[[], None] | None = None
+        # Read on every request: a plain int, not an OmegaConf lookup (tens of µs each).
+        self._max_queued = int(cfg.serve.max_queued_texts)
+        self._by_label: dict[str, Any] = {}  # label -> its sent_predictions_total series
 
     @property
     def ready(self) -> bool:
@@ -200,7 +203,7 @@ class Service:
         if self.draining:
             raise Refused("shutting_down", "the server is shutting down: retry on another replica")
         queued = self.batcher.queued_texts if self.batcher is not None else 0
-        limit = self.cfg.serve.max_queued_texts
+        limit = self._max_queued
         if queued + n_texts > limit and queued > 0:  # one request alone always fits an empty queue
             raise Refused("overloaded", f"{queued} texts are waiting (serve.max_queued_texts is "
                           f"{limit}): retry later", self._retry_after(queued))
@@ -353,7 +356,10 @@ class Service:
         latency = time.perf_counter() - start
         m.latency.observe(latency)
         for p in preds:
-            m.predictions.labels(p.label).inc()
+            series = self._by_label.get(p.label)
+            if series is None:
+                series = self._by_label[p.label] = m.predictions.labels(p.label)
+            series.inc()
         if self.log is not None:
             now = predlog.utc_now()
             self.log.write(

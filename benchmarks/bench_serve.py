@@ -5,8 +5,8 @@
 
 Every server configuration is started with uvicorn (1 worker) on 127.0.0.1 and warmed up; they
 wait side by side, idle, and are driven one at a time (never two at once: they share the cores)
-by a closed-loop load generator (aiohttp; each of C clients sends its next request when the last
-one answers) at concurrency 1 and 16 for --duration seconds each, in two scenarios:
+by a closed-loop load generator (each of C clients sends its next request when the last one
+answers) at concurrency 1 and 16 for --duration seconds each, in two scenarios:
 
 - quiet: nothing else of this script's running;
 - busy: --busy background processes, each a pure-Python busy loop (one core each), started just
@@ -27,7 +27,13 @@ Last, each faster variant (torch int8, ONNX Runtime fp32 and int8) against the f
 on the Rotten Tomatoes test split: agreement and accuracy (accuracy only means something for a
 fine-tuned --model; with random weights `sent serve` runs with --no-accuracy-gate).
 
-Requests are one review each, taken in turn from the Rotten Tomatoes test split.
+Requests are one review each, taken in turn from the Rotten Tomatoes test split. The load
+generator runs in this process, on the same cores as the servers: by default (--client raw) it is
+loadgen.py beside this script, a minimal HTTP/1.1 client on asyncio streams (one keep-alive
+connection per closed-loop client, each text's request bytes built once), so that its own CPU per
+request (recorded as client_cpu_ms_per_req) stays a small share of what it measures; --client
+aiohttp drives the same load with aiohttp (about 0.8-0.9 ms of CPU per request on this 2-core
+machine), as the figures measured before the raw client were. The JSON output records which.
 Configurations: naive (thread pool, fp32), naive --serial (one forward pass at a time),
 sent serve (fp32), sent serve --quantize (int8), sent serve --runtime onnx (fp32 and int8), each
 sent one for every --threads value.
@@ -175,13 +181,14 @@ def forward_seconds(url: str) -> tuple[float, float]:
     return total, count
 
 
-def measure(srv, kind: str, texts: Texts, concurrency: int, duration: float) -> Result:
+def measure(srv, kind: str, texts: Texts, concurrency: int, duration: float, client: str = "raw"
+            ) -> Result:
     """One closed-loop measurement, with the server's CPU and model time per request."""
     before_load = round(os.getloadavg()[0], 2)
     cpu0 = process_cpu_s(srv.process.pid)
     fwd0 = forward_seconds(srv.url) if kind == "sent" else None
     client0 = time.process_time()
-    r = asyncio.run(closed_loop(srv.url, texts, concurrency, duration))
+    r = closed_loop(srv.url, texts, concurrency, duration, client)
     client = time.process_time() - client0
     r.loadavg_before = before_load
     done = max(1, r.requests + r.errors)
@@ -262,7 +269,30 @@ async def _post(session, url: str, text: str) -> bool:
         return False
 
 
-async def closed_loop(url: str, texts: Texts, concurrency: int, duration: float) -> Result:
+CLIENTS = ("raw", "aiohttp")
+
+
+def closed_loop(url: str, texts: Texts, concurrency: int, duration: float, client: str = "raw") -> Result:
+    """`concurrency` clients, each sending its next request when the last one answered."""
+    if client == "aiohttp":
+        return asyncio.run(aiohttp_closed_loop(url, texts, concurrency, duration))
+    import loadgen
+
+    return summarize(*asyncio.run(loadgen.closed_loop(url, texts, concurrency, duration)))
+
+
+def open_loop(url: str, texts: Texts, rate: float, duration: float, seed: int = 0, client: str = "raw"
+              ) -> Result:
+    """Poisson arrivals at `rate`/s; a late answer cannot delay the next send (no coordinated
+    omission): latency runs from the scheduled send time."""
+    if client == "aiohttp":
+        return asyncio.run(aiohttp_open_loop(url, texts, rate, duration, seed))
+    import loadgen
+
+    return summarize(*asyncio.run(loadgen.open_loop(url, texts, rate, duration, seed)))
+
+
+async def aiohttp_closed_loop(url: str, texts: Texts, concurrency: int, duration: float) -> Result:
     import aiohttp
 
     latencies: list[float] = []
@@ -287,10 +317,8 @@ async def closed_loop(url: str, texts: Texts, concurrency: int, duration: float)
         return summarize(latencies, errors, time.perf_counter() - start)
 
 
-async def open_loop(url: str, texts: Texts, rate: float, duration: float, seed: int = 0
-                    ) -> Result:
-    """Poisson arrivals at `rate`/s; a late answer cannot delay the next send (no coordinated
-    omission): latency runs from the scheduled send time."""
+async def aiohttp_open_loop(url: str, texts: Texts, rate: float, duration: float, seed: int = 0
+                            ) -> Result:
     import aiohttp
 
     rng = random.Random(seed)
@@ -421,6 +449,8 @@ def parse_args() -> argparse.Namespace:
                         help="only compare int8 with fp32 predictions (needs --model)")
     parser.add_argument("--onnx-cache", type=Path,
                         help="where the ONNX exports are kept (default: a fresh folder each run)")
+    parser.add_argument("--client", choices=CLIENTS, default="raw",
+                        help="the load generator: raw (loadgen.py, lean) or aiohttp (as before)")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     return parser.parse_args()
 
@@ -434,7 +464,7 @@ def run_scenario(scenario: str, run: int, cfgs: list[Config], servers: dict, arg
     with background_load(busy, max_s=planned):
         for n in args.concurrency:
             for cfg in order:
-                r = measure(servers[cfg.name], cfg.kind, Texts(texts), n, args.duration)
+                r = measure(servers[cfg.name], cfg.kind, Texts(texts), n, args.duration, args.client)
                 closed[scenario][cfg.name][n].append(r)
                 extra = "" if r.outside_ms is None else (
                     f"  model {r.model_ms_per_req:6.1f} ms/req  outside {r.outside_ms:6.1f} ms")
@@ -467,6 +497,7 @@ def main() -> None:
         return
     results: dict = {"machine": machine(), "model": str(args.model or "distilbert-base random"),
                      "duration_s": args.duration, "runs": args.runs, "busy_processes": args.busy,
+                     "client": args.client,
                      "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
     cfgs = [c for c in configs(model, work, args.threads, onnx_cache)
             if not args.only or c.name in args.only]
@@ -478,7 +509,7 @@ def main() -> None:
         running = {}
         for cfg in cfgs:
             running[cfg.name] = stack.enter_context(server(cfg, work))
-            asyncio.run(closed_loop(running[cfg.name].url, Texts(test_texts), max(args.concurrency), 3.0))
+            closed_loop(running[cfg.name].url, Texts(test_texts), max(args.concurrency), 3.0, args.client)
         ceil_predictor = None
         if any(c.name.startswith("sent-onnx-int8") for c in cfgs):
             ceil_predictor = onnx_ceiling_predictor(model, onnx_cache)  # the export the server made
@@ -516,7 +547,7 @@ def open_loops(cfgs: list[Config], running: dict, args, texts: list[str], closed
         rate = max(base[cfg.name][str(n)]["rps"] for n in args.concurrency) / 2
         runs = []
         for run in range(args.runs):
-            r = asyncio.run(open_loop(running[cfg.name].url, Texts(texts), rate, args.duration, seed=run))
+            r = open_loop(running[cfg.name].url, Texts(texts), rate, args.duration, seed=run, client=args.client)
             runs.append(r)
             print(f"open {cfg.name:13s} {rate:6.1f}/s  p50 {r.p50_ms:7.1f} ms  "
                   f"p99 {r.p99_ms:7.1f} ms  errors {r.errors}  load {r.loadavg}", flush=True)

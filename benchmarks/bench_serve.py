@@ -29,11 +29,12 @@ fine-tuned --model; with random weights `sent serve` runs with --no-accuracy-gat
 
 Requests are one review each, taken in turn from the Rotten Tomatoes test split. The load
 generator runs in this process, on the same cores as the servers: by default (--client raw) it is
-loadgen.py beside this script, a minimal HTTP/1.1 client on asyncio streams (one keep-alive
-connection per closed-loop client, each text's request bytes built once), so that its own CPU per
-request (recorded as client_cpu_ms_per_req) stays a small share of what it measures; --client
-aiohttp drives the same load with aiohttp (about 0.8-0.9 ms of CPU per request on this 2-core
-machine), as the figures measured before the raw client were. The JSON output records which.
+loadgen.py beside this script, a minimal HTTP/1.1 client on an asyncio.Protocol (one keep-alive
+connection per closed-loop client, a pool of them in the open loop, each text's request bytes
+built once), so that its own CPU per request (recorded as client_cpu_ms_per_req: about 0.3 ms on
+this 2-core machine next to the ONNX int8 server) stays a small share of what it measures;
+--client aiohttp drives the same load with aiohttp (about 0.8-0.9 ms there), as the figures
+measured before the raw client were. The JSON output records which ("client").
 Configurations: naive (thread pool, fp32), naive --serial (one forward pass at a time),
 sent serve (fp32), sent serve --quantize (int8), sent serve --runtime onnx (fp32 and int8), each
 sent one for every --threads value.

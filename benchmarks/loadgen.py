@@ -2,11 +2,13 @@
 
 The generator runs on the same cores as the server it measures, so every millisecond of CPU it
 spends per request is taken from the server: an HTTP client library's machinery (aiohttp costs
-about 0.8-0.9 ms of CPU per request here) is a visible share of a 20 ms request. This one keeps
-only what a benchmark needs:
+about 0.8-0.9 ms of CPU per request here, this one about 0.3) is a visible share of a 20 ms
+request. This one keeps only what a benchmark needs:
 
-- keep-alive connections on asyncio streams: one per client in the closed loop; in the open
-  loop a pool that opens a new connection when none is idle (no limit) and reuses idle ones;
+- keep-alive connections, each an asyncio.Protocol driven from its callbacks (no task or
+  future per request; one watchdog per measurement enforces the timeout): one connection per
+  client in the closed loop; in the open loop a pool that opens a new connection when none is
+  idle (no limit) and reuses idle ones;
 - the bytes of each request (POST with a JSON body {"text": ...}, Host, Content-Type,
   Content-Length) built once per text and reused;
 - the status line and headers read up to the blank line, then exactly Content-Length bytes of
@@ -23,7 +25,6 @@ of errors, the elapsed seconds); the benchmark summarizes them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import random
 import time
@@ -57,122 +58,267 @@ class Target:
         return data
 
 
-class Connection:
-    """One keep-alive connection, opened on first use and again after the server closed it."""
-
-    def __init__(self, target: Target):
-        self.target = target
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
-
-    def _open_now(self) -> bool:
-        return not (self.writer is None or self.writer.is_closing() or self.reader.at_eof())
-
-    async def post(self, data: bytes) -> tuple[int, bytes]:
-        """Send one request, return (status, body)."""
-        if not self._open_now():
-            self.close()
-            self.reader, self.writer = await asyncio.open_connection(
-                self.target.host, self.target.port, limit=HEAD_LIMIT)
+def parse_response(buf: bytes | bytearray, eof: bool = False) -> tuple[int, int, bytes, bool] | None:
+    """The response at the start of `buf`: (bytes it takes, status, body, whether the connection
+    stays open), or None while incomplete; one whose body runs to the connection's end completes
+    only at `eof`."""
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        if len(buf) > HEAD_LIMIT:
+            raise BadResponse("no end of headers")
+        return None
+    lines = bytes(buf[:end]).split(b"\r\n")
+    version, _, rest = lines[0].partition(b" ")
+    try:
+        status = int(rest[:3])
+    except ValueError:
+        raise BadResponse(f"bad status line {lines[0][:80]!r}") from None
+    if status < 200:  # never asked for (no Expect: 100-continue); its framing differs
+        raise BadResponse(f"unexpected interim response {status}")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        headers[name.strip().lower()] = value.strip().lower()
+    connection = headers.get(b"connection", b"")
+    keep = b"close" not in connection and (version == b"HTTP/1.1" or b"keep-alive" in connection)
+    start = end + 4
+    coding = headers.get(b"transfer-encoding")
+    if coding is not None:
+        if not coding.endswith(b"chunked"):
+            raise BadResponse(f"unsupported transfer-encoding {coding.decode()}")
+        chunked = _chunked(buf, start)
+        return None if chunked is None else (chunked[0], status, chunked[1], keep)
+    length = headers.get(b"content-length")
+    if length is not None:
         try:
-            # No drain: one request of a few hundred bytes at a time never fills the buffer,
-            # and a lost connection shows up as the read failing.
-            self.writer.write(data)
-            status, body, keep = await self._response()
-        except BaseException:  # an error, a timeout's cancellation: the stream's state is unknown
+            stop = start + int(length)
+        except ValueError:
+            raise BadResponse(f"bad content-length {length[:40]!r}") from None
+        return None if len(buf) < stop else (stop, status, bytes(buf[start:stop]), keep)
+    if status in (204, 304):
+        return start, status, b"", keep
+    return (len(buf), status, bytes(buf[start:]), False) if eof else None
+
+
+def _chunked(buf: bytes | bytearray, pos: int) -> tuple[int, bytes] | None:
+    """A chunked body from `pos`: (where it ends, the body), or None while incomplete."""
+    parts = []
+    while True:
+        eol = buf.find(b"\r\n", pos)
+        if eol < 0:
+            return None
+        try:
+            size = int(bytes(buf[pos:eol]).split(b";", 1)[0], 16)
+        except ValueError:
+            raise BadResponse("bad chunk size") from None
+        pos = eol + 2
+        if size == 0:
+            break
+        if len(buf) < pos + size + 2:
+            return None
+        parts.append(bytes(buf[pos:pos + size]))
+        pos += size + 2
+    while (eol := buf.find(b"\r\n", pos)) != pos:  # trailers, up to an empty line
+        if eol < 0:
+            return None
+        pos = eol + 2
+    return pos + 2, b"".join(parts)
+
+
+class Connection(asyncio.Protocol):
+    """One keep-alive connection, one request at a time. Its load (_Load) hears of each answer,
+    from the callbacks: no task, future or timer per request."""
+
+    def __init__(self, load: _Load):
+        self.load = load
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.sent_at: float | None = None  # None: idle
+        self.deadline = 0.0
+
+    @property
+    def usable(self) -> bool:
+        return self.transport is not None and not self.transport.is_closing()
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.load.conns.add(self)
+
+    def send(self, data: bytes, at: float) -> None:
+        self.sent_at, self.deadline = at, self.load.loop.time() + self.load.timeout
+        self.transport.write(data)
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        if self.sent_at is None:  # bytes nobody asked for: the stream is out of step
             self.close()
-            raise
+            return
+        self._parse(eof=False)
+
+    def _parse(self, eof: bool) -> None:
+        try:
+            done = parse_response(self.buf, eof)
+        except BadResponse:
+            self.finish(False, keep=False)
+            return
+        if done is not None:
+            taken, status, body, keep = done
+            del self.buf[:taken]
+            self.finish(status == 200 and OK_MARK in body, keep=keep and not self.buf)
+
+    def eof_received(self) -> bool:
+        if self.sent_at is not None:
+            self._parse(eof=True)
+        return False  # close the transport
+
+    def connection_lost(self, exc) -> None:
+        self.transport = None
+        self.load.conns.discard(self)
+        if self.sent_at is not None:
+            self.finish(False, keep=False)
+
+    def finish(self, ok: bool, keep: bool) -> None:
+        at, self.sent_at = self.sent_at, None
         if not keep:
             self.close()
-        return status, body
-
-    async def _response(self) -> tuple[int, bytes, bool]:
-        reader = self.reader
-        lines = (await reader.readuntil(b"\r\n\r\n")).split(b"\r\n")
-        version, _, rest = lines[0].partition(b" ")
-        status = int(rest[:3])
-        if status < 200:  # never asked for (no Expect: 100-continue); its framing differs
-            raise BadResponse(f"unexpected interim response {status}")
-        headers = {}
-        for line in lines[1:]:
-            if line:
-                name, _, value = line.partition(b":")
-                headers[name.strip().lower()] = value.strip().lower()
-        connection = headers.get(b"connection", b"")
-        keep = b"close" not in connection and (version == b"HTTP/1.1" or b"keep-alive" in connection)
-        coding = headers.get(b"transfer-encoding")
-        if coding is not None:
-            if not coding.endswith(b"chunked"):
-                raise BadResponse(f"unsupported transfer-encoding {coding.decode()}")
-            return status, await self._chunked(), keep
-        length = headers.get(b"content-length")
-        if length is not None:
-            return status, await reader.readexactly(int(length)), keep
-        if status in (204, 304):
-            return status, b"", keep
-        return status, await reader.read(), False  # the body runs to the connection's end
-
-    async def _chunked(self) -> bytes:
-        reader, parts = self.reader, []
-        while size := int((await reader.readuntil(b"\r\n")).split(b";", 1)[0], 16):
-            parts.append((await reader.readexactly(size + 2))[:-2])
-        while await reader.readuntil(b"\r\n") != b"\r\n":  # trailers
-            pass
-        return b"".join(parts)
+        self.load.done(self, ok, at)
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-        self.reader = self.writer = None
+        if self.transport is not None:
+            self.transport.close()
+            self.transport = None
+        self.load.conns.discard(self)
 
 
-async def post(conn: Connection, data: bytes, timeout: float) -> bool:
-    """One request on `conn`: True if the server answered 200 with predictions."""
-    try:
-        async with asyncio.timeout(timeout):
-            status, body = await conn.post(data)
-    except (OSError, EOFError, asyncio.LimitOverrunError, BadResponse, ValueError, TimeoutError):
-        return False  # EOFError: asyncio.IncompleteReadError, the connection ended mid-response
-    return status == 200 and OK_MARK in body
+class _Load:
+    """What the connections of one measurement share: the answers, a watchdog for timeouts."""
+
+    def __init__(self, url: str, texts, timeout: float):
+        self.loop = asyncio.get_running_loop()
+        self.target, self.texts, self.timeout = Target(url), texts, timeout
+        self.conns: set[Connection] = set()
+        self.latencies: list[float] = []
+        self.errors = 0
+        self.finished = self.loop.create_future()
+        self._watch()
+
+    def _watch(self) -> None:
+        now = self.loop.time()
+        for conn in [c for c in self.conns if c.sent_at is not None and now > c.deadline]:
+            conn.finish(False, keep=False)
+        if not self.finished.done():
+            self.loop.call_later(min(1.0, self.timeout / 4), self._watch)
+
+    def record(self, ok: bool, at: float) -> None:
+        if ok:
+            self.latencies.append(self.loop.time() - at)
+        else:
+            self.errors += 1
+
+    async def connect_and_send(self, data: bytes, at: float) -> None:
+        try:
+            async with asyncio.timeout(self.timeout):
+                _, conn = await self.loop.create_connection(
+                    lambda: Connection(self), self.target.host, self.target.port)
+        except (OSError, TimeoutError):
+            self.done(None, False, at)
+            return
+        conn.send(data, at)
+
+    def stop(self) -> None:
+        if not self.finished.done():
+            self.finished.set_result(None)
+
+    async def close(self) -> None:
+        for conn in list(self.conns):
+            conn.close()
+        await asyncio.sleep(0)  # let the transports finish closing
+
+    def done(self, conn: Connection | None, ok: bool, at: float) -> None:
+        raise NotImplementedError
 
 
-async def _close_all(conns) -> None:
-    for conn in conns:
-        writer = conn.writer
-        conn.close()
-        if writer is not None:
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
+class _Closed(_Load):
+    def __init__(self, url: str, texts, timeout: float, concurrency: int, duration: float):
+        super().__init__(url, texts, timeout)
+        self.active = concurrency
+        self.end = self.loop.time() + duration
+        for _ in range(concurrency):
+            self.next(None)
+
+    def next(self, conn: Connection | None) -> None:
+        if self.loop.time() >= self.end:
+            if conn is not None:
+                conn.close()
+            self.active -= 1
+            if self.active == 0:
+                self.stop()
+            return
+        data = self.target.request(self.texts.next())
+        if conn is not None and conn.usable:
+            conn.send(data, self.loop.time())
+        else:
+            self.loop.create_task(self.connect_and_send(data, self.loop.time()))
+
+    def done(self, conn: Connection | None, ok: bool, at: float) -> None:
+        self.record(ok, at)
+        self.next(conn)
+
+
+class _Open(_Load):
+    def __init__(self, url: str, texts, timeout: float, rate: float, duration: float, seed: int):
+        super().__init__(url, texts, timeout)
+        self.rng, self.rate = random.Random(seed), rate
+        self.idle: list[Connection] = []
+        self.in_flight = 0
+        self.t = self.loop.time()
+        self.last = self.t + duration
+        self.scheduling = True
+        self._schedule()
+
+    def _schedule(self) -> None:
+        self.t += self.rng.expovariate(self.rate)
+        if self.t > self.last:
+            self.scheduling = False
+            if self.in_flight == 0:
+                self.stop()
+            return
+        self.loop.call_at(self.t, self._arrive)
+
+    def _arrive(self) -> None:
+        # Latency runs from the scheduled time self.t, whenever this callback got to run.
+        at, data = self.t, self.target.request(self.texts.next())
+        self.in_flight += 1
+        while self.idle:
+            conn = self.idle.pop()  # the most recently used: the others may idle out server-side
+            if conn.usable:
+                conn.send(data, at)
+                break
+        else:
+            self.loop.create_task(self.connect_and_send(data, at))
+        self._schedule()
+
+    def done(self, conn: Connection | None, ok: bool, at: float) -> None:
+        self.record(ok, at)
+        self.in_flight -= 1
+        if conn is not None and conn.usable:
+            self.idle.append(conn)
+        if not self.scheduling and self.in_flight == 0:
+            self.stop()
 
 
 async def closed_loop(url: str, texts, concurrency: int, duration: float, timeout: float = 60.0
                       ) -> tuple[list[float], int, float]:
     """`concurrency` clients, each on its own connection, each sending its next request (the
     next of `texts.next()`) when the last one answered, for `duration` seconds."""
-    target = Target(url)
-    conns = [Connection(target) for _ in range(concurrency)]
-    latencies: list[float] = []
-    errors = 0
-    clock = time.perf_counter
-    start = clock()
-    end = start + duration
-
-    async def client(conn: Connection) -> None:
-        nonlocal errors
-        while clock() < end:
-            data = target.request(texts.next())
-            t0 = clock()
-            if await post(conn, data, timeout):
-                latencies.append(clock() - t0)
-            else:
-                errors += 1
-
+    start = time.monotonic()
+    load = _Closed(url, texts, timeout, concurrency, duration)
     try:
-        await asyncio.gather(*(client(c) for c in conns))
-        seconds = clock() - start
+        await load.finished
+        seconds = time.monotonic() - start
     finally:
-        await _close_all(conns)
-    return latencies, errors, seconds
+        await load.close()
+    return load.latencies, load.errors, seconds
 
 
 async def open_loop(url: str, texts, rate: float, duration: float, seed: int = 0,
@@ -180,40 +326,9 @@ async def open_loop(url: str, texts, rate: float, duration: float, seed: int = 0
     """Poisson arrivals at `rate`/s for `duration` seconds; a late answer cannot delay the next
     send (no coordinated omission): latency runs from the scheduled send time. Each request
     takes the most recently idle connection, or a new one when none is idle."""
-    target = Target(url)
-    rng = random.Random(seed)
-    idle: list[Connection] = []
-    every: list[Connection] = []
-    latencies: list[float] = []
-    errors = 0
-    clock = time.perf_counter
-
-    async def one(at: float, data: bytes) -> None:
-        nonlocal errors
-        if idle:
-            conn = idle.pop()  # the most recently used: the others may idle out server-side
-        else:
-            conn = Connection(target)
-            every.append(conn)
-        ok = await post(conn, data, timeout)
-        if ok:
-            latencies.append(clock() - at)
-        else:
-            errors += 1
-        idle.append(conn)  # a closed one reconnects on its next use
-
-    tasks = []
+    load = _Open(url, texts, timeout, rate, duration, seed)
     try:
-        start = t = clock()
-        while True:
-            t += rng.expovariate(rate)
-            if t > start + duration:
-                break
-            delay = t - clock()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(t, target.request(texts.next()))))
-        await asyncio.gather(*tasks)
+        await load.finished
     finally:
-        await _close_all(every)
-    return latencies, errors, duration
+        await load.close()
+    return load.latencies, load.errors, duration

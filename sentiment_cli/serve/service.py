@@ -52,7 +52,7 @@ def torch_pass_threads(n: int, default: int) -> None:
 
 
 class Metrics:
-    """The model's Prometheus metrics; HTTP request metrics come from Litestar's middleware."""
+    """The model's Prometheus metrics; HTTP request metrics come from web.prometheus_middleware."""
 
     def __init__(self) -> None:
         from prometheus_client import Counter, Gauge, Histogram

@@ -36,8 +36,9 @@ this 2-core machine next to the ONNX int8 server) stays a small share of what it
 --client aiohttp drives the same load with aiohttp (about 0.8-0.9 ms there), as the figures
 measured before the raw client were. The JSON output records which ("client").
 Configurations: naive (thread pool, fp32), naive --serial (one forward pass at a time),
-sent serve (fp32), sent serve --quantize (int8), sent serve --runtime onnx (fp32 and int8), each
-sent one for every --threads value.
+sent serve (fp32), sent-fp32-passive (the same with OMP_WAIT_POLICY=PASSIVE: OpenMP's threads
+never spin, as sent serve ran before its short spin), sent serve --quantize (int8), sent serve
+--runtime onnx (fp32 and int8), each sent one for every --threads value.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -95,6 +96,7 @@ class Config:
     name: str
     args: list[str]
     kind: str  # naive | sent
+    env: dict[str, str] = field(default_factory=dict)  # on top of this script's environment
 
 
 def configs(model: Path, work: Path, threads: list[int], onnx_cache: Path) -> list[Config]:
@@ -106,6 +108,9 @@ def configs(model: Path, work: Path, threads: list[int], onnx_cache: Path) -> li
         suffix = f"-t{t}" if t else ""
         opts = ["--set", f"serve.threads={t}"]
         out += [Config(f"sent-fp32{suffix}", [*sent, "--no-quantize", *opts], "sent"),
+                # OpenMP's threads never spinning, as sent serve had them before a short spin
+                Config(f"sent-fp32-passive{suffix}", [*sent, "--no-quantize", *opts], "sent",
+                       {"OMP_WAIT_POLICY": "PASSIVE"}),
                 Config(f"sent-int8{suffix}", [*sent, "--quantize", *opts], "sent"),
                 Config(f"sent-onnx-fp32{suffix}", [*sent, "--runtime", "onnx", "--no-quantize", *opts], "sent"),
                 Config(f"sent-onnx-int8{suffix}", [*sent, "--runtime", "onnx", "--quantize", *opts], "sent")]
@@ -120,7 +125,7 @@ def server(config: Config, workdir: Path):
 
     try:
         with servers.running(config.args, cwd=workdir, output=workdir / f"{config.name}.log",
-                             ready_timeout=300, stop_timeout=60) as running:
+                             ready_timeout=300, stop_timeout=60, env=config.env) as running:
             yield running
     except servers.ServerFailed as exc:
         raise RuntimeError(f"{config.name}: {str(exc).splitlines()[0]}; see {config.name}.log") from None

@@ -5,7 +5,7 @@
   the per-worker multiprocess directory, and taking a worker's live gauges down on shutdown.
 - /healthz and /readyz route handlers over a service's own readiness.
 - Running an app under uvicorn with a graceful shutdown budget, one worker or several, in a
-  process whose compute threads wait without spinning (passive_thread_waits).
+  process whose compute threads spin only briefly before they sleep (short_thread_waits).
 
 Nothing here knows about models or drift; services pass their state in.
 """
@@ -27,12 +27,15 @@ LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2
 GRACEFUL_SHUTDOWN_S = 30  # in-flight requests get this long after SIGTERM
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # OpenMP (torch's intra-op threads, MKL's under them) lets a thread that reaches the end of a
-# parallel region spin before it sleeps: libgomp's default is ~300,000 turns unless it has more
-# threads than cores. A forward pass runs hundreds of short regions, so on a host with other work
-# the spinning thread takes CPU from the very thread it waits for: beside one busy process, torch
-# fp32 ran at under half its quiet speed in `sent serve` (docs/performance.md, "A busy host").
-# Passive waiting costs nothing measurable on an idle machine. Read once, when torch loads.
-PASSIVE_THREAD_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
+# parallel region spin before it sleeps: libgomp's default is ~300,000 turns (about 3 ms) unless
+# it has more threads than cores. A forward pass runs hundreds of short regions, so on a host with
+# other work the spinning thread takes CPU from the very thread it waits for: beside one busy
+# process, torch fp32 ran at under half its quiet speed in `sent serve` (docs/performance.md, "A
+# busy host"). Not spinning at all (OMP_WAIT_POLICY=PASSIVE) cured that, but on a quiet machine
+# every region then wakes a sleeping thread on an idle core, which cost a lone pass 10-25%. A
+# thousand turns (about 10 µs) bridges the gaps between one region and the next, then sleeps.
+# Read once, when torch loads.
+THREAD_WAIT_ENV = {"OMP_WAIT_POLICY": "ACTIVE", "GOMP_SPINCOUNT": "1000"}
 
 log = logging.getLogger(__name__)
 
@@ -292,15 +295,16 @@ def multiprocess_dir() -> Iterator[str]:
         shutil.rmtree(own, ignore_errors=True)
 
 
-def passive_thread_waits() -> dict[str, str]:
-    """Set PASSIVE_THREAD_ENV in this process's environment where the user has not set those
-    variables (the user's choice wins), and return what is in effect. Call before torch is
-    imported: OpenMP reads it once, when it loads; worker processes inherit it."""
-    for name, value in PASSIVE_THREAD_ENV.items():
-        os.environ.setdefault(name, value)
+def short_thread_waits() -> dict[str, str]:
+    """Set THREAD_WAIT_ENV in this process's environment unless the user set any of those
+    variables (then theirs stand alone: a spin count beside their wait policy would change what
+    it means), and return what is in effect. Call before torch is imported: OpenMP reads them
+    once, when it loads; worker processes inherit them."""
+    if not any(name in os.environ for name in THREAD_WAIT_ENV):
+        os.environ.update(THREAD_WAIT_ENV)
     if "torch" in sys.modules:
         log.info("torch was loaded before the thread settings: they apply to new processes only")
-    return {name: os.environ[name] for name in PASSIVE_THREAD_ENV}
+    return {name: os.environ[name] for name in THREAD_WAIT_ENV if name in os.environ}
 
 
 def run_server(app: Any, *, host: str, port: int, workers: int = 1, factory: str | None = None,

@@ -1099,27 +1099,32 @@ def test_cli_hands_uvicorn_the_app_and_the_options(tmp_path, tiny_model_dir, mon
     assert isinstance(built, Litestar)
 
 
-def test_cli_serves_with_passive_thread_waits_unless_told_otherwise(tmp_path, tiny_model_dir, monkeypatch):
-    """OpenMP's spinning threads starve each other on a busy host: `sent serve` asks for passive
-    waits before torch loads (the predictor), and keeps a value the user set."""
+def test_cli_serves_with_short_thread_waits_unless_told_otherwise(tmp_path, tiny_model_dir, monkeypatch):
+    """OpenMP's spinning threads starve each other on a busy host, and sleeping at once costs a
+    lone pass on a quiet one: `sent serve` asks for a short spin before torch loads (the
+    predictor), and leaves the user's own settings alone, whichever of them they set."""
     import uvicorn
 
     seen = []
     real_load = serve.load_predictor
+    names = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 
     def load(*args, **kwargs):
-        seen.append(serve.os.environ.get("OMP_WAIT_POLICY"))
+        seen.append({n: serve.os.environ[n] for n in names if n in serve.os.environ})
         return real_load(*args, **kwargs)
 
     monkeypatch.setattr(serve, "load_predictor", load)
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: None)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("OMP_WAIT_POLICY", "")
-    monkeypatch.delenv("OMP_WAIT_POLICY")  # restored (absent, or the caller's) after the test
-    assert _invoke("--model", str(tiny_model_dir)).exit_code == 0
-    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
-    assert _invoke("--model", str(tiny_model_dir)).exit_code == 0
-    assert seen == ["PASSIVE", "ACTIVE"]
+    for user_set in ({}, {"OMP_WAIT_POLICY": "PASSIVE"}, {"GOMP_SPINCOUNT": "5"}):
+        for name in names:  # restored (absent, or the caller's) after the test
+            monkeypatch.setenv(name, "")
+            monkeypatch.delenv(name)
+        for name, value in user_set.items():
+            monkeypatch.setenv(name, value)
+        assert _invoke("--model", str(tiny_model_dir)).exit_code == 0
+    assert seen == [{"OMP_WAIT_POLICY": "ACTIVE", "GOMP_SPINCOUNT": "1000"}, {"OMP_WAIT_POLICY": "PASSIVE"},
+                    {"GOMP_SPINCOUNT": "5"}]
 
 
 def test_the_cli_and_serve_modules_do_not_load_torch():

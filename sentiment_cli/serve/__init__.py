@@ -51,7 +51,7 @@ def app_from_env():
 def run(cfg: Config) -> None:
     """Resolve and check serve.model, then serve until SIGINT/SIGTERM (graceful: in-flight
     requests finish and the prediction log is flushed)."""
-    web.passive_thread_waits()  # before anything loads torch (resolve, the gate, the predictor)
+    web.short_thread_waits()  # before anything loads torch (resolve, the gate, the predictor)
     s = cfg.serve
     folder, info = resolve(cfg, s.model, s.verify_hash)
     # Workers share the cores: torch's default (all cores each) would oversubscribe them.

@@ -458,7 +458,8 @@ def test_http_metrics_count_each_status_and_failures_are_logged_without_an_acces
     left in progress; with serve.access_log off (the default) each answer >= 400 is one log line
     in the access log's form and a 200 none; with it on, uvicorn's access log says it instead."""
     def logged() -> list[str]:
-        return [r.getMessage().split(" - ", 1)[1] for r in caplog.records if "HTTP/1.1" in r.getMessage()]
+        return [r.getMessage().split(" - ", 1)[1] for r in caplog.records
+                if r.name == "uvicorn.error" and "HTTP/1.1" in r.getMessage()]
 
     caplog.set_level(logging.INFO, logger="uvicorn.error")
     with TestClient(serve.create_app(cfg, predictor=tiny_predictor)) as client:

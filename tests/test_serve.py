@@ -246,6 +246,22 @@ class GatedPredictor:
         return self.inner.predict(texts)
 
 
+class BreaksAfterWarmUp(GatedPredictor):
+    """The tiny predictor, its gate open, whose passes after the warm-up raise RuntimeError(error)."""
+
+    def __init__(self, inner, error: str):
+        gate = threading.Event()
+        gate.set()
+        super().__init__(inner, gate)
+        self.error, self.calls = error, 0
+
+    def predict(self, texts):
+        self.calls += 1
+        if self.calls > 1:
+            raise RuntimeError(self.error)
+        return self.inner.predict(texts)
+
+
 def test_readyz_is_503_until_the_warm_up_pass_has_run(cfg, tiny_predictor):
     gate = threading.Event()
     app = serve.create_app(cfg, predictor=GatedPredictor(tiny_predictor, gate), ready_wait_s=0.05)
@@ -299,18 +315,8 @@ def test_the_lifespan_loads_a_model_folder(tmp_path, tiny_model_dir):
 
 
 def test_a_failing_forward_pass_is_a_500_and_counted(cfg, tiny_predictor):
-    class Broken(GatedPredictor):
-        calls = 0
-
-        def predict(self, texts):
-            Broken.calls += 1
-            if Broken.calls > 1:  # the warm-up passes, then the model breaks
-                raise RuntimeError("CUDA error: device lost")
-            return self.inner.predict(texts)
-
-    gate = threading.Event()
-    gate.set()
-    with TestClient(serve.create_app(cfg, predictor=Broken(tiny_predictor, gate))) as c:
+    broken = BreaksAfterWarmUp(tiny_predictor, "CUDA error: device lost")
+    with TestClient(serve.create_app(cfg, predictor=broken)) as c:
         wait_ready(c)
         before = scrape(c)
         r = c.post("/predict", json={"text": "hello"})
@@ -484,19 +490,9 @@ def test_http_metrics_count_each_status_and_failures_are_logged_without_an_acces
     assert metric(after, "sent_http_requests_in_progress", method="POST", path="/predict") == 0
     assert lines == ['"POST /predict HTTP/1.1" 422', '"POST /predict HTTP/1.1" 400']
 
-    class Broken(GatedPredictor):
-        calls = 0
-
-        def predict(self, texts):
-            Broken.calls += 1
-            if Broken.calls > 1:  # the warm-up passes, then the model breaks
-                raise RuntimeError("forward pass broke")
-            return self.inner.predict(texts)
-
-    gate = threading.Event()
-    gate.set()
     on = serve_config(Path(cfg.paths.prediction_log), "serve.access_log=true")
-    with TestClient(serve.create_app(on, predictor=Broken(tiny_predictor, gate))) as client:
+    broken = BreaksAfterWarmUp(tiny_predictor, "forward pass broke")
+    with TestClient(serve.create_app(on, predictor=broken)) as client:
         wait_ready(client)
         before = scrape(client)
         caplog.clear()

@@ -32,8 +32,9 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # other work the spinning thread takes CPU from the very thread it waits for: beside one busy
 # process, torch fp32 ran at under half its quiet speed in `sent serve` (docs/performance.md, "A
 # busy host"). Not spinning at all (OMP_WAIT_POLICY=PASSIVE) cured that, but on a quiet machine
-# every region then wakes a sleeping thread on an idle core, which cost a lone pass 10-25%. A
-# thousand turns (about 10 µs) bridges the gaps between one region and the next, then sleeps.
+# every region then wakes a sleeping thread on an idle core, which slowed a lone pass (about 7%
+# at the median of 6 served runs, "Less of the server's own work"). A thousand turns (about
+# 10 µs) bridges the gaps between one region and the next, then sleeps.
 # Read once, when torch loads.
 THREAD_WAIT_ENV = {"OMP_WAIT_POLICY": "ACTIVE", "GOMP_SPINCOUNT": "1000"}
 

@@ -133,7 +133,7 @@ class Service:
         self.cancelled = 0  # requests uvicorn had to cancel: the drain was not clean
         self._rate = 0.0  # texts per second of recent passes, for Retry-After
         self._forget_drain: Callable[[], None] | None = None
-        # Read on every request: a plain int, not an OmegaConf lookup (tens of µs each).
+        # Read on every request: a plain int, not an OmegaConf lookup (its getattr is the slow path).
         self._max_queued = int(cfg.serve.max_queued_texts)
         self._by_label: dict[str, Any] = {}  # label -> its sent_predictions_total series
 

@@ -187,14 +187,14 @@ def serve(
     workers: Annotated[int | None, typer.Option(
         help="Worker processes, each with its own model copy (default serve.workers).")] = None,
     runtime: Annotated[str | None, typer.Option(
-        help="torch, or onnx: ONNX Runtime, faster on a CPU; exported on first use "
-             "(default serve.runtime).")] = None,
+        help="auto, torch, or onnx: ONNX Runtime, faster on a CPU, exported once per weights; auto is "
+             "onnx unless the model does not export, then torch (default serve.runtime).")] = None,
     quantize: Annotated[bool | None, typer.Option(
         "--quantize/--no-quantize",
         help="int8 weights: faster on the CPU, slightly less accurate (default serve.quantize).")] = None,
     accuracy_gate: Annotated[bool | None, typer.Option(
         "--accuracy-gate/--no-accuracy-gate",
-        help="Serve a variant other than torch fp32 only if `sent eval` measured its accuracy "
+        help="Serve an int8 variant only if `sent eval` measured its accuracy "
              "within serve.max_accuracy_drop (default serve.accuracy_gate).")] = None,
     verify_hash: Annotated[bool | None, typer.Option(
         "--verify-hash/--no-verify-hash",

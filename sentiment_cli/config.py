@@ -229,7 +229,11 @@ class Config:
 PRECISIONS = ("no", "fp16", "bf16")
 SCHEDULERS = ("linear", "cosine", "constant")
 RUNTIMES = ("torch", "onnx")
+SERVE_RUNTIMES = ("auto", *RUNTIMES)  # auto: onnx where the model exports to it, else torch
 VARIANTS = ("torch-fp32", "torch-int8", "onnx-fp32", "onnx-int8")  # runtime-precision; the first is the reference
+# The reference's own numbers: an ONNX fp32 export is kept only if it gives torch's probabilities
+# (onnxrt.EXPORT_TOLERANCE); the int8 variants change them and need the accuracy gate.
+EXACT_VARIANTS = ("torch-fp32", "onnx-fp32")
 
 
 def _packaged(name: str) -> Path:
@@ -495,7 +499,7 @@ def _validate_model_and_data(cfg: DictConfig) -> None:
 def _validate_serve(s: Any) -> None:
     _check([
         (s.max_batch_size >= 1 and s.max_texts >= 1, "serve batch limits must be >= 1"),
-        (s.runtime in RUNTIMES, f"serve.runtime must be one of {RUNTIMES}, not {s.runtime!r}"),
+        (s.runtime in SERVE_RUNTIMES, f"serve.runtime must be one of {SERVE_RUNTIMES}, not {s.runtime!r}"),
         (0 <= s.port <= 65535, f"serve.port must be in 0..65535, not {s.port}"),
         (s.workers >= 1, f"serve.workers must be at least 1, not {s.workers}"),
         (s.max_queued_texts >= s.max_texts,

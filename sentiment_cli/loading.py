@@ -2,14 +2,18 @@
 
 - resolve(): models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model or a folder → a local
   folder, with its weights hash checked against the registry tag or the folder's sent.json.
-- check_accuracy(): the gate in front of a faster variant (int8, ONNX): `sent eval` must have
-  measured it on these very weights, within serve.max_accuracy_drop of fp32.
+- runtime_for(): serve.runtime made concrete: auto is onnx where the folder exports to ONNX
+  (once per weights, cached), torch where it does not.
+- check_accuracy(): the gate in front of an int8 variant: `sent eval` must have measured it on
+  these very weights, within serve.max_accuracy_drop of fp32. The fp32 variants need none: the
+  ONNX export is kept only if it gives torch's probabilities (onnxrt.EXPORT_TOLERANCE).
 - load_predictor(): the predictor serve.runtime and serve.quantize ask for.
 """
 
 from __future__ import annotations
 
 import contextlib
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,10 +32,12 @@ from sentiment_cli.onnxrt import variant as variant_name
 if TYPE_CHECKING:
     from sentiment_cli.config import Config
 
-if TYPE_CHECKING:
-    pass
-
 REFERENCE = config.VARIANTS[0]  # what the faster variants are measured against
+
+
+def needs_gate(variant: str) -> bool:
+    """Whether serving `variant` needs its accuracy measured: the int8 ones change the numbers."""
+    return variant not in config.EXACT_VARIANTS
 
 
 def model_version(info: dict[str, Any], meta: dict[str, Any]) -> str | None:
@@ -63,16 +69,38 @@ def resolve(cfg: Config, uri: str, verify_hash: bool) -> tuple[Path, dict[str, A
     return Path(folder), info
 
 
+def runtime_for(cfg: Config, folder: Path) -> str:
+    """serve.runtime for this folder: torch or onnx as set; auto is onnx if the folder exports
+    to ONNX Runtime (built here, once per weights: onnxrt.build), and torch, with a line on stderr
+    that says why, if it does not (an architecture the exporter cannot trace, an export that
+    differs from torch, a cache that cannot be written)."""
+    s = cfg.serve
+    if s.runtime != "auto":
+        return s.runtime
+    from sentiment_cli import onnxrt
+
+    try:
+        onnxrt.build(folder, quantize=s.quantize, cache=cfg.paths.onnx_cache)
+    except Exception as exc:  # whatever failed in the export, torch serves the same model
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"serve.runtime=auto: serving with torch, as {folder} does not run in ONNX Runtime: "
+              f"{reason}", file=sys.stderr, flush=True)
+        return "torch"
+    return "onnx"
+
+
 def load_predictor(cfg: Config, folder: Path, info: dict[str, Any], threads: int | None = None,
-                   gate: bool = True) -> Predictor:
-    """The predictor serve.runtime and serve.quantize ask for, after the accuracy gate."""
+                   gate: bool = True, runtime: str | None = None) -> Predictor:
+    """The predictor serve.runtime and serve.quantize ask for, after the accuracy gate.
+    runtime: what runtime_for(cfg, folder) already chose (None: choose now)."""
     s = cfg.serve
     threads = s.threads if threads is None else threads
     name = str(info.get("name") or folder.name)
-    wanted = variant_name(s.runtime, s.quantize)
-    if gate and s.accuracy_gate and wanted != REFERENCE:
+    runtime = runtime or runtime_for(cfg, folder)
+    wanted = variant_name(runtime, s.quantize)
+    if gate and s.accuracy_gate and needs_gate(wanted):
         check_accuracy(cfg, folder, info, wanted)
-    if s.runtime == "onnx":
+    if runtime == "onnx":
         from sentiment_cli.onnxrt import OnnxPredictor, usable_cores
 
         # One lane more than cores: while a lane is in Python (tokenising, answering) or the event

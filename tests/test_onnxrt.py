@@ -153,3 +153,31 @@ def test_a_model_with_fewer_positions_than_its_recorded_max_length_exports_and_r
     assert "using 16 tokens" in capsys.readouterr().out
     torch_p = model.Predictor.from_folder(folder)
     np.testing.assert_allclose(onnx_p.predict_proba(long_texts), torch_p.predict_proba(long_texts), atol=1e-4)
+
+
+def test_runtime_for_builds_only_for_auto_and_falls_back_to_torch_with_a_reason(tmp_path, monkeypatch, capsys):
+    from sentiment_cli import loading
+
+    calls = []
+
+    def build(folder, *, quantize, cache=None):
+        calls.append((folder, quantize))
+        raise ModelError("cannot export Thing to ONNX: no symbolic for op Foo; use serve.runtime=torch")
+
+    monkeypatch.setattr(onnxrt, "build", build)
+    for runtime in ("torch", "onnx"):
+        cfg = config.load("tiny", [f"serve.runtime={runtime}"])
+        assert loading.runtime_for(cfg, tmp_path) == runtime
+    assert calls == []  # named runtimes are taken as they are: no export attempted here
+
+    cfg = config.load("tiny", ["serve.runtime=auto", "serve.quantize=true"])
+    assert loading.runtime_for(cfg, tmp_path) == "torch"
+    assert calls == [(tmp_path, True)]
+    err = capsys.readouterr().err
+    assert f"serve.runtime=auto: serving with torch, as {tmp_path} does not run in ONNX Runtime" in err
+    assert "no symbolic for op Foo" in err
+
+    monkeypatch.setattr(onnxrt, "build", lambda folder, *, quantize, cache=None: tmp_path / "model.onnx")
+    assert loading.runtime_for(cfg, tmp_path) == "onnx"
+    assert loading.needs_gate("onnx-int8") and loading.needs_gate("torch-int8")
+    assert not loading.needs_gate("onnx-fp32") and not loading.needs_gate("torch-fp32")

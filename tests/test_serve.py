@@ -931,7 +931,7 @@ def test_a_faster_variant_needs_its_accuracy_measured(tmp_path, tiny_model_dir, 
     assert "max_accuracy_drop is 0.01" in result.output
     assert not started
 
-    result = _invoke("--model", model, "--quantize")  # torch-int8: 0.005 below, within 0.01
+    result = _invoke("--model", model, "--runtime", "torch", "--quantize")  # torch-int8: 0.005 below
     assert result.exit_code == 0, result.output and len(started) == 1
     result = _invoke("--model", model, "--runtime", "onnx", "--quantize", "--set", "serve.max_accuracy_drop=0.03")
     assert result.exit_code == 0, result.output
@@ -940,6 +940,64 @@ def test_a_faster_variant_needs_its_accuracy_measured(tmp_path, tiny_model_dir, 
     assert len(started) == 3
     result = _invoke("--model", model, "--runtime", "tensorrt")
     assert result.exit_code == 2 and "serve.runtime" in result.output
+
+
+def test_by_default_serve_runs_onnx_fp32_with_torchs_answers_and_no_gate(tmp_path, tiny_model_dir,
+                                                                          tiny_predictor):
+    """serve.runtime=auto: ONNX Runtime fp32, exported once per weights; the same labels as
+    torch and its probabilities within the export's tolerance, so no accuracy measurement is
+    needed (none exists for this folder)."""
+    from sentiment_cli import onnxrt
+
+    texts = ["a warm and funny film", "dull, lifeless and far too long", "not bad", "x"]
+    with running_server(tiny_model_dir, tmp_path) as server:
+        r = httpx.post(f"{server.url}/predict", json={"texts": texts}, timeout=30)
+        exposition = httpx.get(f"{server.url}/metrics").text
+    assert r.status_code == 200, r.text
+    assert 'variant="onnx-fp32"' in exposition and 'variant="torch-fp32"' not in exposition
+    assert "ready as onnx-fp32" in server.text(), server.text()
+    want = tiny_predictor.predict(texts)
+    got = r.json()["predictions"]
+    assert [p["label"] for p in got] == [p.label for p in want]
+    worst = max(abs(g["probabilities"][k] - w.probabilities[k]) for g, w in zip(got, want, strict=True)
+                for k in w.probabilities)
+    assert worst <= onnxrt.EXPORT_TOLERANCE
+
+
+def test_auto_serves_with_torch_and_says_why_when_the_export_cannot_be_made(tmp_path, tiny_model_dir,
+                                                                            monkeypatch, started):
+    from sentiment_cli import serve as serve_pkg
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "not-a-folder").write_text("")  # the ONNX cache cannot be made here
+    served = []
+    real = serve_pkg.load_predictor
+    monkeypatch.setattr(serve_pkg, "load_predictor", lambda *a, **k: served.append(real(*a, **k)) or served[-1])
+    result = _invoke("--model", str(tiny_model_dir), "--set", f"paths.onnx_cache={tmp_path / 'not-a-folder'}")
+    assert result.exit_code == 0, result.output
+    assert "serve.runtime=auto: serving with torch" in result.output and "not-a-folder" in result.output
+    assert "Traceback" not in result.output
+    assert [p.variant for p in served] == ["torch-fp32"] and len(started) == 1
+
+    # Asked for by name, ONNX is not replaced: the failure is the answer, in one line.
+    result = _invoke("--model", str(tiny_model_dir), "--runtime", "onnx",
+                     "--set", f"paths.onnx_cache={tmp_path / 'not-a-folder'}")
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert len(started) == 1
+
+
+def test_the_gate_guards_int8_whatever_the_runtime_and_not_fp32(tmp_path, tiny_model_dir, monkeypatch, started):
+    monkeypatch.chdir(tmp_path)
+    model = str(tiny_model_dir)
+    result = _invoke("--model", model, "--quantize")  # auto: onnx-int8
+    assert result.exit_code == 1 and "onnx-int8 has no accuracy measurement" in result.output
+    result = _invoke("--model", model, "--runtime", "torch", "--quantize")
+    assert result.exit_code == 1 and "torch-int8 has no accuracy measurement" in result.output
+    assert not started
+    for runtime in ("onnx", "torch", "auto"):  # fp32: the reference's numbers, no measurement needed
+        result = _invoke("--model", model, "--runtime", runtime)
+        assert result.exit_code == 0, result.output
+    assert len(started) == 3
 
 
 def test_the_gate_reads_the_champions_mlflow_run(store, tmp_path, started):
@@ -1229,7 +1287,9 @@ def test_sigterm_answers_what_cannot_finish_in_the_budget_with_503(tmp_path, tin
 def test_a_client_that_leaves_costs_no_forward_pass(tmp_path, tiny_model_dir):
     import socket
 
-    with running_server(tiny_model_dir, tmp_path, "--set", "serve.max_wait_ms=1500",
+    # torch: its batches wait serve.max_wait_ms for company (ONNX's one-text lanes start at once),
+    # which holds the request in the queue while its client leaves.
+    with running_server(tiny_model_dir, tmp_path, "--runtime", "torch", "--set", "serve.max_wait_ms=1500",
                         "--set", "serve.max_batch_size=64") as server:
         def passes() -> float:
             samples = {}

@@ -2,8 +2,10 @@
 
 Reads a model: serve.model is models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model or a
 model folder (loading.resolve). Weights whose sha256 differs from the registry tag, or from the
-folder's own sent.json, are refused before the server starts; so is a faster variant that
-`sent eval` did not measure within serve.max_accuracy_drop (loading.check_accuracy).
+folder's own sent.json, are refused before the server starts; so is an int8 variant that
+`sent eval` did not measure within serve.max_accuracy_drop (loading.check_accuracy). The
+runtime (serve.runtime, auto by default) is chosen before the port is bound: ONNX Runtime where
+the folder exports to it, which is built then, once per weights (loading.runtime_for).
 Writes the prediction log (paths.prediction_log, see predlog.py) and Prometheus metrics.
 Given models:/NAME@ALIAS, it keeps serving wherever the alias points (follow.py).
 
@@ -24,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sentiment_cli import config, web
-from sentiment_cli.loading import REFERENCE, check_accuracy, load_predictor, resolve
+from sentiment_cli.loading import check_accuracy, load_predictor, needs_gate, resolve, runtime_for
 from sentiment_cli.onnxrt import variant as variant_name
 from sentiment_cli.serve.app import create_app
 from sentiment_cli.serve.batcher import Batcher
@@ -45,7 +47,7 @@ def app_from_env():
     cfg = config.from_dict(spec["config"])
     # Loaded in the lifespan, after startup: a failure shows on /readyz and in the log.
     return create_app(cfg, loader=lambda: load_predictor(
-        cfg, Path(spec["folder"]), spec["info"], threads=spec["threads"]))
+        cfg, Path(spec["folder"]), spec["info"], threads=spec["threads"], runtime=spec["runtime"]))
 
 
 def run(cfg: Config) -> None:
@@ -56,19 +58,20 @@ def run(cfg: Config) -> None:
     folder, info = resolve(cfg, s.model, s.verify_hash)
     # Workers share the cores: torch's default (all cores each) would oversubscribe them.
     threads = s.threads or (max(1, (os.cpu_count() or 1) // s.workers) if s.workers > 1 else 0)
-    wanted = variant_name(s.runtime, s.quantize)
-    if s.accuracy_gate and wanted != REFERENCE:
+    runtime = runtime_for(cfg, folder)  # auto: exports to ONNX here, once per weights
+    wanted = variant_name(runtime, s.quantize)
+    if s.accuracy_gate and needs_gate(wanted):
         print(check_accuracy(cfg, folder, info, wanted))  # before binding the port
     if s.workers == 1:
-        predictor = load_predictor(cfg, folder, info, threads=threads, gate=False)  # checked above
+        predictor = load_predictor(cfg, folder, info, threads=threads, gate=False, runtime=runtime)
         web.run_server(create_app(cfg, predictor=predictor, follow=True), host=s.host, port=s.port,
                        graceful_s=s.shutdown_budget_s, access_log=s.access_log)
         return
-    if s.runtime == "onnx":
+    if runtime == "onnx":
         from sentiment_cli import onnxrt
 
         onnxrt.build(folder, quantize=s.quantize, cache=cfg.paths.onnx_cache)  # once, not per worker
-    os.environ[SPEC_ENV] = json.dumps({"config": config.to_dict(cfg), "folder": str(folder),
-                                       "info": info, "threads": threads}, default=str)
+    os.environ[SPEC_ENV] = json.dumps({"config": config.to_dict(cfg), "folder": str(folder), "info": info,
+                                       "threads": threads, "runtime": runtime}, default=str)
     web.run_server(None, host=s.host, port=s.port, workers=s.workers, factory=FACTORY,
                    graceful_s=s.shutdown_budget_s, access_log=s.access_log)

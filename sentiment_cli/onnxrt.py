@@ -353,6 +353,10 @@ def _compare(torch_model, tokenizer, path: Path, names: list[str], max_length: i
 class OnnxPredictor(Predictor):
     """Predictor over an ONNX Runtime session: the same folder, tokenizer and labels."""
 
+    # The exported graph ends at the logits: no hidden states to pool. Drift, which reads
+    # embeddings from the served predictor when it has them, embeds with torch instead.
+    embed = None
+
     def __init__(self, session, tokenizer, labels: list[str], input_names: list[str], *,
                  max_length: int, batch_size: int, lanes: int, name: str, version: str | None,
                  meta: dict, variant: str) -> None:

@@ -118,7 +118,8 @@ def test_sent_serve_promote_and_the_gate_work_on_both_layouts(store, tmp_path, l
     folder, info = loading.resolve(cfg, CHAMPION, verify_hash=True)
     assert (folder / "config.json").is_file() and info["version"] == "1"
     # the accuracy gate reads the version's run: int8 was measured on these weights
-    gated = serve_config(tmp_path / "gated", f"serve.model={CHAMPION}", "serve.quantize=true")
+    gated = serve_config(tmp_path / "gated", f"serve.model={CHAMPION}", "serve.runtime=torch",
+                         "serve.quantize=true")
     assert loading.load_predictor(gated, folder, info).variant == "torch-int8"
     with TestClient(serve.create_app(serve_config(tmp_path / "log", f"serve.model={CHAMPION}"))) as c:
         wait_ready(c)

@@ -36,9 +36,11 @@ this 2-core machine next to the ONNX int8 server) stays a small share of what it
 --client aiohttp drives the same load with aiohttp (about 0.8-0.9 ms there), as the figures
 measured before the raw client were. The JSON output records which ("client").
 Configurations: naive (thread pool, fp32), naive --serial (one forward pass at a time),
-sent serve (fp32), sent-fp32-passive (the same with OMP_WAIT_POLICY=PASSIVE: OpenMP's threads
-never spin, as sent serve ran before its short spin), sent serve --quantize (int8), sent serve
---runtime onnx (fp32 and int8), each sent one for every --threads value.
+sent-default (sent serve with no runtime flags: serve.runtime=auto, ONNX Runtime fp32 for a model
+that exports), sent-fp32 (--runtime torch: the torch fp32 model, the default before auto),
+sent-fp32-passive (the same with OMP_WAIT_POLICY=PASSIVE: OpenMP's threads never spin, as sent
+serve ran before its short spin), sent-int8 (--runtime torch --quantize), sent serve --runtime onnx
+(fp32 and int8), each sent one for every --threads value.
 """
 
 from __future__ import annotations
@@ -107,11 +109,14 @@ def configs(model: Path, work: Path, threads: list[int], onnx_cache: Path) -> li
     for t in threads:
         suffix = f"-t{t}" if t else ""
         opts = ["--set", f"serve.threads={t}"]
-        out += [Config(f"sent-fp32{suffix}", [*sent, "--no-quantize", *opts], "sent"),
+        torch = [*sent, "--runtime", "torch"]
+        # sent serve as it starts with no runtime flags (serve.runtime=auto, fp32): ONNX Runtime fp32
+        out += [Config(f"sent-default{suffix}", [*sent, *opts], "sent"),
+                Config(f"sent-fp32{suffix}", [*torch, "--no-quantize", *opts], "sent"),
                 # OpenMP's threads never spinning, as sent serve had them before a short spin
-                Config(f"sent-fp32-passive{suffix}", [*sent, "--no-quantize", *opts], "sent",
+                Config(f"sent-fp32-passive{suffix}", [*torch, "--no-quantize", *opts], "sent",
                        {"OMP_WAIT_POLICY": "PASSIVE"}),
-                Config(f"sent-int8{suffix}", [*sent, "--quantize", *opts], "sent"),
+                Config(f"sent-int8{suffix}", [*torch, "--quantize", *opts], "sent"),
                 Config(f"sent-onnx-fp32{suffix}", [*sent, "--runtime", "onnx", "--no-quantize", *opts], "sent"),
                 Config(f"sent-onnx-int8{suffix}", [*sent, "--runtime", "onnx", "--quantize", *opts], "sent")]
     return out

@@ -492,8 +492,17 @@ def run_scenario(scenario: str, run: int, cfgs: list[Config], servers: dict, arg
                   f"->{c['loadavg']}", flush=True)
 
 
+def stop_servers_on_sigterm() -> None:
+    """SIGTERM (a `kill`, a CI timeout) unwinds like Ctrl-C: the `with server(...)` blocks then stop
+    the servers this script started, which a plain SIGTERM would leave running."""
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
 def main() -> None:
     args = parse_args()
+    stop_servers_on_sigterm()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     model = args.model

@@ -119,6 +119,7 @@ def main() -> None:
     sys.path.insert(0, str(HERE))
     import bench_serve
 
+    bench_serve.stop_servers_on_sigterm()
     results: dict[str, list[dict]] = {n: [] for n in args.only}
     with tempfile.TemporaryDirectory(prefix="sent-overhead-") as tmp:
         for run in range(args.runs):

@@ -65,6 +65,8 @@ def main() -> None:
     args = parser.parse_args()
     import bench_serve
 
+    bench_serve.stop_servers_on_sigterm()
+
     with tempfile.TemporaryDirectory(prefix="sent-start-") as tmp:
         work = Path(tmp)
         model = args.model or bench_serve.build_random_distilbert(work / "model")

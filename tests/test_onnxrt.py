@@ -56,7 +56,7 @@ def test_the_export_is_built_once_and_reused(folder, cache, monkeypatch):
     def export_again(*args, **kwargs):
         raise AssertionError("exported twice")
 
-    monkeypatch.setattr(onnxrt, "_export_all", export_again)
+    monkeypatch.setattr(onnxrt, "_export_in_child", export_again)
     assert onnxrt.build(folder, quantize=True, cache=cache) == first
     manifest = json.loads((first.parent / "manifest.json").read_text())
     assert manifest["weights_sha256"] == model.weights_sha256(folder)
@@ -73,11 +73,12 @@ def test_a_head_that_reads_other_tokens_keeps_the_whole_last_layer(folder, tmp_p
         return 0.3 if path.name == "trimmed.onnx" else real(model_, tokenizer, path, names, max_length)
 
     monkeypatch.setattr(onnxrt, "_compare", compare)
-    path = onnxrt.build(folder, quantize=False, cache=str(tmp_path / "cache"))
-    manifest = json.loads((path.parent / "manifest.json").read_text())
+    out = tmp_path / "cache" / "entry"
+    onnxrt._export_all(folder, out)  # the recipe in this process, where the patch applies
+    manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["last_layer_first_token_only"] is False
     assert manifest["max_prob_diff_fp32"] <= onnxrt.EXPORT_TOLERANCE
-    assert not (path.parent / "trimmed.onnx").exists()
+    assert not (out / "trimmed.onnx").exists()
 
 
 def test_new_weights_get_their_own_export(folder, cache, tmp_path):
@@ -90,10 +91,10 @@ def test_new_weights_get_their_own_export(folder, cache, tmp_path):
     assert onnxrt.cache_dir(copy, cache) != onnxrt.cache_dir(folder, cache)
 
 
-def test_a_changed_cached_file_is_refused(folder, tmp_path, capsys):
+def test_a_changed_cached_file_is_refused(folder, tmp_path, capfd):
     cache = str(tmp_path / "cache")
     path = onnxrt.build(folder, quantize=False, cache=cache)
-    said = capsys.readouterr().err  # the export takes a while: it says so, and how it went
+    said = capfd.readouterr().err  # the export takes a while: it says so, and how it went (the child)
     assert f"exporting {folder} to ONNX" in said and "last layer trimmed to the first token" in said
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -106,8 +107,32 @@ def test_an_export_that_disagrees_with_torch_is_not_kept(folder, tmp_path, monke
     monkeypatch.setattr(onnxrt, "_compare", lambda *args: 0.25)
     cache = tmp_path / "cache"
     with pytest.raises(ModelError, match="differs from the torch model by 0.25"):
-        onnxrt.build(folder, quantize=True, cache=str(cache))
+        onnxrt._export_all(folder, cache / "entry")  # the recipe in this process, where the patch applies
     assert [p for p in cache.iterdir() if p.is_dir()] == []  # nothing half-built is left to reuse
+
+
+def test_the_export_runs_in_a_child_whose_failure_is_one_line_and_leaves_nothing(folder, tmp_path, capsys):
+    import os
+
+    broken = tmp_path / "broken"
+    shutil.copytree(folder, broken)
+    (broken / "tokenizer.json").write_text("{not json")  # loads in no process: fails in the child
+    cache = tmp_path / "cache"
+    pid = os.getpid()
+    with pytest.raises(ModelError) as raised:
+        onnxrt.build(broken, quantize=False, cache=str(cache))
+    message = str(raised.value)
+    assert "\n" not in message and "Traceback" not in message and str(broken) in message, message
+    assert f"exporting {broken} to ONNX" in capsys.readouterr().err
+    assert [p for p in cache.iterdir() if p.is_dir()] == [] and os.getpid() == pid
+
+
+def test_a_good_export_made_in_the_child_serves_here(folder, tmp_path):
+    cache = str(tmp_path / "cache")
+    path = onnxrt.build(folder, quantize=False, cache=cache)
+    assert path.name == "model.onnx" and onnxrt._verified(path.parent, "model.onnx") == path
+    got = onnxrt.OnnxPredictor.from_folder(folder, cache=cache).predict_proba(TEXTS)
+    assert np.abs(got - model.Predictor.from_folder(folder).predict_proba(TEXTS)).max() <= onnxrt.EXPORT_TOLERANCE
 
 
 def test_untrusted_folders_are_refused_before_export(folder, tmp_path):

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sentiment_cli import artifacts, config
+from sentiment_cli.errors import first_line
 from sentiment_cli.model import (
     CPU_CHUNK,
     ONNX_CHUNK,
@@ -82,9 +83,8 @@ def runtime_for(cfg: Config, folder: Path) -> str:
     try:
         onnxrt.build(folder, quantize=s.quantize, cache=cfg.paths.onnx_cache)
     except Exception as exc:  # whatever failed in the export, torch serves the same model
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"serve.runtime=auto: serving with torch, as {folder} does not run in ONNX Runtime: "
-              f"{reason}", file=sys.stderr, flush=True)
+              f"{first_line(exc)}", file=sys.stderr, flush=True)
         return "torch"
     return "onnx"
 

@@ -40,7 +40,8 @@ sent-default (sent serve with no runtime flags: serve.runtime=auto, ONNX Runtime
 that exports), sent-fp32 (--runtime torch: the torch fp32 model, the default before auto),
 sent-fp32-passive (the same with OMP_WAIT_POLICY=PASSIVE: OpenMP's threads never spin, as sent
 serve ran before its short spin), sent-int8 (--runtime torch --quantize), sent serve --runtime onnx
-(fp32 and int8), each sent one for every --threads value.
+(fp32 and int8), sent-onnx-int8-noprefetch (int8 with serve.prefetch=false: a lane is handed its
+next text only once it is free, as before prefetch), each sent one for every --threads value.
 """
 
 from __future__ import annotations
@@ -118,7 +119,10 @@ def configs(model: Path, work: Path, threads: list[int], onnx_cache: Path) -> li
                        {"OMP_WAIT_POLICY": "PASSIVE"}),
                 Config(f"sent-int8{suffix}", [*torch, "--quantize", *opts], "sent"),
                 Config(f"sent-onnx-fp32{suffix}", [*sent, "--runtime", "onnx", "--no-quantize", *opts], "sent"),
-                Config(f"sent-onnx-int8{suffix}", [*sent, "--runtime", "onnx", "--quantize", *opts], "sent")]
+                Config(f"sent-onnx-int8{suffix}", [*sent, "--runtime", "onnx", "--quantize", *opts], "sent"),
+                # lanes handed work only when free, as before serve.prefetch
+                Config(f"sent-onnx-int8-noprefetch{suffix}", [*sent, "--runtime", "onnx", "--quantize", *opts,
+                                                              "--set", "serve.prefetch=false"], "sent")]
     return out
 
 
@@ -585,10 +589,11 @@ def ratios(results: dict, concurrency: list[int]) -> dict:
         out[sc] = {name: {str(n): round(closed[name][str(n)]["rps"] / closed["naive"][str(n)]["rps"], 2)
                           for n in concurrency} for name in closed if name != "naive"}
         ceil = results.get("ceiling_onnx_int8", {}).get(sc)
-        if ceil and "sent-onnx-int8" in closed:
-            hi = str(max(concurrency))
-            out[sc]["onnx_int8_of_ceiling"] = round(
-                closed["sent-onnx-int8"][hi]["rps"] / ceil["texts_per_s"], 3)
+        hi = str(max(concurrency))
+        for name in closed:
+            if ceil and name.startswith("sent-onnx-int8"):
+                key = "onnx_int8_of_ceiling" + name.removeprefix("sent-onnx-int8").replace("-", "_")
+                out[sc][key] = round(closed[name][hi]["rps"] / ceil["texts_per_s"], 3)
     return out
 
 

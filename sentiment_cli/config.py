@@ -138,6 +138,7 @@ class Serve:
     accuracy_gate: bool = MISSING
     max_accuracy_drop: float = MISSING
     threads: int = MISSING
+    prefetch: bool = MISSING
     log_rotate_bytes: int = MISSING
     verify_hash: bool = MISSING
     max_queued_texts: int = MISSING

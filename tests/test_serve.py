@@ -865,6 +865,95 @@ def test_batcher_lanes_run_side_by_side_and_stop_finishes_them():
     assert peak == 2  # two lanes busy at once, never more
 
 
+def _started_while_the_loop_was_blocked(ahead: int) -> tuple[list[str], list[str]]:
+    """Two lanes, four one-text requests; while the first two passes run the event loop is
+    blocked for 0.4 s. Returns the texts whose pass began during the block, and the answers."""
+    starts: dict[str, float] = {}
+
+    def predict(texts):
+        starts[texts[0]] = time.monotonic()
+        time.sleep(0.1)
+        return [_fake_prediction(t) for t in texts]
+
+    async def main():
+        b = serve.Batcher(predict, max_batch_size=1, max_wait_ms=0, lanes=2, ahead=ahead)
+        b.start()
+        pending = [asyncio.ensure_future(b.predict([f"r{i}"])) for i in range(4)]
+        while len(starts) < 2:
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(0.02)  # the batcher has handed out all it will
+        blocked_from = time.monotonic()
+        time.sleep(0.4)  # the event loop is busy (a slow request, a GC pause): lanes are on their own
+        blocked_to = time.monotonic()
+        answers = [[p.label for p in await r] for r in pending]
+        await b.stop()
+        return [t for t, at in starts.items() if blocked_from < at < blocked_to], answers
+
+    return asyncio.run(main())
+
+
+def test_batcher_hands_one_text_lanes_their_next_pass_ahead_so_they_never_wait_for_the_loop():
+    during, answers = _started_while_the_loop_was_blocked(ahead=2)
+    assert sorted(during) == ["r2", "r3"]  # the next passes began without the event loop
+    assert answers == [["r0"], ["r1"], ["r2"], ["r3"]]
+    during, answers = _started_while_the_loop_was_blocked(ahead=0)
+    assert during == [] and answers == [["r0"], ["r1"], ["r2"], ["r3"]]  # handed out by the loop
+
+
+def test_batcher_work_handed_ahead_is_skipped_when_its_client_left_and_refused_by_a_drain():
+    seen: list[str] = []
+    release = threading.Event()
+
+    def predict(texts):
+        seen.extend(texts)
+        release.wait(5)
+        return [_fake_prediction(t) for t in texts]
+
+    async def main():
+        b = serve.Batcher(predict, max_batch_size=1, max_wait_ms=0, lanes=1, ahead=2)
+        b.start()
+        running = asyncio.ensure_future(b.predict(["running"]))
+        gone = asyncio.ensure_future(b.predict(["gone"]))  # handed ahead, waits on the lane's thread
+        refused = asyncio.ensure_future(b.predict(["refused"]))  # handed ahead too
+        while not seen:
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(0.02)
+        queued_while_waiting = b.queued_texts
+        gone.cancel()  # its client went away
+        b.refuse_queued(RuntimeError("shutting down"))  # the drain's cut-off
+        release.set()
+        out = await asyncio.gather(running, refused, return_exceptions=True)
+        await b.stop()
+        return out, queued_while_waiting, b.queued_texts
+
+    (ran, refused), queued_while_waiting, queued_after = asyncio.run(main())
+    assert [p.label for p in ran] == ["running"] and isinstance(refused, RuntimeError)
+    assert seen == ["running"]  # neither the departed client's text nor the refused one was computed
+    assert queued_while_waiting == 2 and queued_after == 0  # handed ahead still counts as queued
+
+
+def test_service_hands_work_ahead_only_to_one_text_lanes_and_only_when_prefetch_is_on(tmp_path):
+    from sentiment_cli.serve.service import Service
+
+    class Lanes:  # what Service reads of a predictor with lanes of its own (ONNX Runtime's)
+        name, version, variant, lanes, on_cpu, labels = "lanes", "1", "onnx-int8", 3, True, ["a"]
+
+        def __init__(self, batch_size):
+            self.batch_size = batch_size
+
+        def predict(self, texts, parallel=True):
+            return [_fake_prediction(t) for t in texts]
+
+    def ahead(batch_size, *overrides):
+        svc = Service(serve_config(tmp_path / "log", *overrides), Lanes(batch_size), None)
+        return svc._batcher_for(svc.predictor).ahead
+
+    assert ahead(1) == 3
+    assert ahead(1, "serve.prefetch=false") == 0
+    assert ahead(4) == 0  # passes that gather a batch are formed only when a lane is free
+    assert ahead(4, "serve.max_batch_size=1") == 3
+
+
 # ---------------------------------------------------------------- the ONNX Runtime variant
 
 

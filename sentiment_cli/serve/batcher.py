@@ -4,6 +4,12 @@ Each request puts its texts on an asyncio queue; one batcher task gathers up to 
 texts, waiting at most max_wait_ms after the oldest one arrived, runs the pass on a worker thread
 (the event loop keeps answering) and hands every request its own predictions.
 
+Where a pass takes one text (ONNX Runtime's lanes: nothing to gather), each lane's next pass is
+handed to it while it computes (`ahead`), so a lane that finishes starts the next at once instead
+of idling until the event loop hands it one; such a pass still checks, as it starts, that its
+client is there and that the drain has not refused it. Where passes gather a batch (torch), a
+batch is formed only when a lane is free, so it gathers all the company it can.
+
 The wait only pays when requests overlap. Once a batch ran alone (it waited and nobody came, and
 nothing queued behind it), the next request is not kept waiting: it runs at once, and waiting
 resumes as soon as requests are seen together again (a batch of several, or work queued while a
@@ -14,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -35,24 +42,28 @@ class Batcher:
 
     With one lane (its threads work inside each pass) a batch holds up to max_batch_size texts,
     and the next batch is gathered while nothing runs. With more lanes (one single-threaded pass
-    per core) up to `lanes` batches run at once. before_pass(alone) runs on the lane's thread
-    before each pass: alone when no other pass runs and nothing waits.
+    per core) up to `lanes` batches run at once, and `ahead` more wait on the lanes' threads.
+    before_pass(alone) runs on the lane's thread before each pass: alone when no other pass runs
+    and nothing waits.
     """
 
     def __init__(self, predict: Callable[[list[str]], list[Prediction]], *, max_batch_size: int,
                  max_wait_ms: float, on_batch: Callable[[int, float], None] | None = None,
-                 lanes: int = 1, before_pass: Callable[[bool], None] | None = None) -> None:
+                 lanes: int = 1, before_pass: Callable[[bool], None] | None = None,
+                 ahead: int = 0) -> None:
         self._predict = predict
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000
         self.lanes = max(1, lanes)
+        self.ahead = max(0, ahead)
         self._on_batch = on_batch
         self._queue: asyncio.Queue[_Item | None] = asyncio.Queue()
         self._executor = ThreadPoolExecutor(max_workers=self.lanes, thread_name_prefix="sent-forward")
         self._before_pass = before_pass
         self._task: asyncio.Task | None = None
         self._running: set[asyncio.Task] = set()
-        self.queued_texts = 0
+        self.queued_texts = 0  # not yet in a pass; lanes' threads take from it, under _count
+        self._count = threading.Lock()
         self._refusal: BaseException | None = None  # set by refuse_queued: fail instead of run
         self.expect_company = True  # False after a batch ran alone: the next one does not wait
 
@@ -67,14 +78,15 @@ class Batcher:
         if self._task is None or self._task.done():
             raise RuntimeError("the batcher is not running")
         item = _Item(texts, asyncio.get_running_loop().create_future())
-        self.queued_texts += len(texts)
+        self._took(-len(texts))
         self._queue.put_nowait(item)
         return await item.future
 
     def refuse_queued(self, exc: BaseException) -> int:
         """Fail every request not yet in a forward pass with exc, now and from now on (a drain's
         cut-off); passes already running finish. Returns the texts refused from the queue (a batch
-        still gathering company is refused as it launches)."""
+        still gathering company is refused as it launches, one handed ahead to a lane as its pass
+        would have started)."""
         self._refusal = exc
         refused = 0
         while True:
@@ -89,8 +101,13 @@ class Batcher:
         self._queue.put_nowait(None)
         return refused
 
+    def _took(self, n: int) -> None:
+        """n texts left the queue for a pass (negative: joined it); lanes' threads call it too."""
+        with self._count:
+            self.queued_texts -= n
+
     def _refuse(self, item: _Item) -> int:
-        self.queued_texts -= len(item.texts)
+        self._took(len(item.texts))
         if item.future.done():
             return 0
         item.future.set_exception(self._refusal)
@@ -118,7 +135,7 @@ class Batcher:
     async def _run(self) -> None:
         carried: _Item | None = None
         stopping = False
-        free = asyncio.Semaphore(self.lanes)
+        free = asyncio.Semaphore(self.lanes + self.ahead)
         while not stopping:
             await free.acquire()  # gather only when a lane can take the batch
             first = carried or await self._queue.get()
@@ -162,33 +179,45 @@ class Batcher:
         self._running.add(task)
         task.add_done_callback(self._running.discard)
 
-    def _pass(self, texts: list[str], alone: bool) -> list[Prediction]:
+    def _pass(self, batch: list[_Item], alone: bool) -> tuple[list[_Item], list[Prediction], float] | None:
+        """On a lane's thread: the pass over the batch's requests still waiting (None if the drain
+        refused them meanwhile), and how long it took. A batch handed ahead may start a while after
+        it was formed, so who is still there is decided here, as it starts."""
+        if self._refusal is not None:
+            return None
+        self._took(sum(len(i.texts) for i in batch))
+        live = [i for i in batch if not i.future.done()]  # a client that went away is skipped
+        if not live:
+            return live, [], 0.0
         if self._before_pass is not None:
             self._before_pass(alone)
-        return self._predict(texts)
+        start = time.perf_counter()
+        preds = self._predict([t for i in live for t in i.texts])
+        return live, preds, time.perf_counter() - start
 
     async def _forward(self, batch: list[_Item]) -> None:
         if self._refusal is not None:
             for item in batch:
                 self._refuse(item)
             return
-        self.queued_texts -= sum(len(i.texts) for i in batch)
-        live = [i for i in batch if not i.future.done()]  # a client that went away is skipped
-        if not live:
-            return
-        texts = [t for i in live for t in i.texts]
         alone = len(self._running) <= 1 and self._queue.empty()
-        start = time.perf_counter()
         try:
-            preds = await asyncio.get_running_loop().run_in_executor(
-                self._executor, self._pass, texts, alone)
+            done = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._pass, batch, alone)
         except Exception as exc:
-            for i in live:
+            for i in batch:
                 if not i.future.done():
                     i.future.set_exception(exc)
             return
+        if done is None:  # refused before its pass began
+            for item in batch:
+                self._refuse(item)
+            return
+        live, preds, seconds = done
+        if not live:
+            return
         if self._on_batch:
-            self._on_batch(len(texts), time.perf_counter() - start)
+            self._on_batch(len(preds), seconds)
         pos = 0
         for i in live:
             n = len(i.texts)

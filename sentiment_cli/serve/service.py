@@ -219,10 +219,12 @@ class Service:
 
         lanes, before_pass = self._lanes_for(predictor)
         if lanes > 1:  # each lane runs one small batch on one thread, side by side
+            size = min(s.max_batch_size, predictor.batch_size)
+            # A pass of one text gathers nothing: its lane can be handed the next one early.
+            ahead = lanes if s.prefetch and size == 1 else 0
             return Batcher(functools.partial(predictor.predict, parallel=False),
-                           max_batch_size=min(s.max_batch_size, predictor.batch_size),
-                           max_wait_ms=s.max_wait_ms, on_batch=on_batch, lanes=lanes,
-                           before_pass=before_pass)
+                           max_batch_size=size, max_wait_ms=s.max_wait_ms, on_batch=on_batch,
+                           lanes=lanes, before_pass=before_pass, ahead=ahead)
         return Batcher(predictor.predict, max_batch_size=s.max_batch_size,
                        max_wait_ms=s.max_wait_ms, on_batch=on_batch)
 

@@ -39,6 +39,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from sentiment_cli import encoding
 from sentiment_cli import model as model_mod
 from sentiment_cli.files import replaced_dir, write_json_atomic
 from sentiment_cli.integrity import file_sha256
@@ -411,6 +412,8 @@ class OnnxPredictor(Predictor):
         self.meta = meta
         self.variant = variant
         self._pool = None
+        # One text per pass (serve's lanes): the Rust encoder alone, where it gives the same ids.
+        self._encode_one = encoding.single_encoder(tokenizer, max_length, input_names, PROBES)
 
     @classmethod
     def from_folder(cls, folder: str | Path, *, quantize: bool = False, threads: int = 0,
@@ -450,6 +453,8 @@ class OnnxPredictor(Predictor):
         return self._pool.map(fn, chunks)
 
     def _probs(self, batch: list[str]):
+        if len(batch) == 1 and self._encode_one is not None:
+            return _softmax(self.session.run(None, self._encode_one(batch[0]))[0])
         enc = self.tokenizer(batch, padding=True, truncation=True, max_length=self.max_length,
                              return_tensors="np")
         feed = {n: enc[n].astype("int64") for n in self.input_names}

@@ -15,6 +15,8 @@ Configurations, each its own uvicorn process (1 worker) on 127.0.0.1, driven one
 - sent-before: `sent serve`'s app with Litestar's own Prometheus middleware and uvicorn's access
   log, which is how it ran before its own middleware and serve.access_log=false;
 - sent-access-log: `sent serve` as it is, with serve.access_log=true;
+- sent-handler: `sent serve` with every /predict answered by Litestar's handler, as before the
+  plain-request path (create_app(plain_path=False));
 - sent: `sent serve` as it is, defaults.
 
 The load is bench_serve.py's closed loop (its lean client) at --concurrency for --duration
@@ -34,7 +36,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-NAMES = ["naive", "sent-before", "sent-access-log", "sent"]
+NAMES = ["naive", "sent-before", "sent-access-log", "sent-handler", "sent"]
 
 
 class InstantPredictor:
@@ -64,7 +66,8 @@ def serve(name: str, host: str, port: int, log_dir: str) -> None:
         return
     from sentiment_cli.serve import app as app_mod
 
-    overrides = [f"paths.prediction_log={log_dir}", f"serve.access_log={name != 'sent'}"]
+    overrides = [f"paths.prediction_log={log_dir}",
+                 f"serve.access_log={name in ('sent-before', 'sent-access-log')}"]
     if name == "sent-before":
         from litestar.plugins.prometheus import PrometheusConfig
 
@@ -73,8 +76,9 @@ def serve(name: str, host: str, port: int, log_dir: str) -> None:
                                     buckets=web.LATENCY_BUCKETS).middleware
 
         web.prometheus_middleware = litestar_middleware
-    app = app_mod.create_app(config.load(None, overrides), predictor=InstantPredictor())
-    web.run_server(app, host=host, port=port, access_log=name != "sent")
+    app = app_mod.create_app(config.load(None, overrides), predictor=InstantPredictor(),
+                             plain_path=name not in ("sent-before", "sent-handler"))
+    web.run_server(app, host=host, port=port, access_log=name in ("sent-before", "sent-access-log"))
 
 
 def measure(name: str, work: Path, concurrency: int, duration: float, client: str) -> dict:
@@ -136,9 +140,11 @@ def main() -> None:
               "vs_sent_before": {n: round(v / med["sent-before"], 3) for n, v in med.items()}
               if "sent-before" in med else None,
               "vs_naive": {n: round(v / med["naive"], 3) for n, v in med.items()} if "naive" in med else None,
+              "vs_sent_handler": {n: round(v / med["sent-handler"], 3) for n, v in med.items()}
+              if "sent-handler" in med else None,
               "errors": sum(r["errors"] for rs in results.values() for r in rs)}
     print(json.dumps({k: report[k] for k in ("median_server_cpu_ms_per_req", "vs_sent_before",
-                                             "vs_naive", "errors")}, indent=2))
+                                             "vs_naive", "vs_sent_handler", "errors")}, indent=2))
     if args.out:
         args.out.write_text(json.dumps(report, indent=2) + "\n")
     if report["errors"]:

@@ -231,6 +231,68 @@ def test_any_body_gets_a_client_error_or_an_answer(module_client, body, content_
     assert len(r.json()["predictions"]) == len(texts) <= 8
 
 
+@pytest.fixture(scope="module")
+def handler_client(tmp_path_factory, tiny_predictor):
+    """The same app with every /predict answered by Litestar's handler (plain_path=False)."""
+    cfg = serve_config(tmp_path_factory.mktemp("handler-log"))
+    with TestClient(serve.create_app(cfg, predictor=tiny_predictor, plain_path=False)) as c:
+        wait_ready(c)
+        yield c
+
+
+def _answer(client, body: bytes, headers: dict[str, str]) -> tuple[int, bytes, dict[str, str]]:
+    r = client.post("/predict", content=body, headers=headers)
+    kept = {k: v for k, v in r.headers.items() if k in {"content-type", "content-length", "retry-after"}}
+    return r.status_code, r.content, kept
+
+
+PLAIN_OR_NOT = [
+    (b'{"text": "a wonderful, moving film"}', JSON),
+    (b'{"texts": ["dull", "a charming film", "\\u00e9t\\u00e9"]}', JSON),
+    (b'{"inputs": "a charming film"}', JSON),
+    (b'{"inputs": ["a charming film", "dull"]}', JSON),
+    (b'{"text": "fine"}', {"content-type": "application/json; charset=utf-8"}),
+    (b'{"text": "fine"}', {"content-type": "Application/JSON"}),
+    (b'{"text": "fine"}', {"content-type": "text/plain"}),
+    (b'{"text": "fine"}', {}),
+    *[(body, headers) for body, headers, _status, _message in (p.values[:4] for p in BAD)],
+]
+
+
+@pytest.mark.parametrize(("body", "headers"), PLAIN_OR_NOT)
+def test_the_plain_request_path_answers_exactly_as_the_handler_does(module_client, handler_client, body,
+                                                                    headers):
+    """The route's plain-request path (it answers a plain JSON body without Litestar's request and
+    response objects) gives the same status, body and headers as the handler, for good and bad
+    bodies alike: every refusal is still made by the handler."""
+    assert _answer(module_client, body, headers) == _answer(handler_client, body, headers)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.function_scoped_fixture])
+@given(body=bodies, content_type=content_types)
+def test_any_body_is_answered_alike_on_the_plain_path_and_by_the_handler(module_client, handler_client,
+                                                                         body, content_type):
+    headers = {"content-type": content_type} if content_type else {}
+    assert _answer(module_client, body, headers) == _answer(handler_client, body, headers)
+
+
+def test_plain_requests_are_counted_logged_and_limited_like_any_other(cfg, tiny_predictor):
+    with TestClient(serve.create_app(cfg, predictor=tiny_predictor)) as c:
+        wait_ready(c)
+        before = scrape(c)
+        assert c.post("/predict", content=b'{"texts": ["good", "bad"]}', headers=JSON).status_code == 200
+        big = b'{"texts": ["a"]}' + b" " * 5000
+        r = c.post("/predict", content=big, headers=JSON)
+        assert r.status_code == 413 and "over 4096 bytes" in r.json()["detail"]
+        after = scrape(c)
+    assert metric(after, "sent_http_requests_total", path="/predict", status_code="200") == metric(
+        before, "sent_http_requests_total", path="/predict", status_code="200") + 1
+    assert metric(after, "sent_predictions_total") == metric(before, "sent_predictions_total") + 2
+    assert metric(after, "sent_rejected_requests_total") == metric(before, "sent_rejected_requests_total") + 1
+    assert sorted(r["text"] for r in predlog.read_predictions(cfg.paths.prediction_log)) == ["bad", "good"]
+
+
 # ---------------------------------------------------------------- readiness
 
 

@@ -76,14 +76,14 @@ class ClientLeft(Exception):
     """The client disconnected before its predictions were ready."""
 
 
-async def _unless_client_leaves(request: Any, work: Any) -> Any:
-    """Await work, unless the client disconnects first: then the work is cancelled (texts not yet
-    in a forward pass are skipped, so nobody computes for a client that is gone) and ClientLeft
-    is raised."""
+async def _unless_client_leaves(receive: Callable[[], Any], work: Any) -> Any:
+    """Await work, unless the client disconnects first (receive: the request's ASGI receive): then
+    the work is cancelled (texts not yet in a forward pass are skipped, so nobody computes for a
+    client that is gone) and ClientLeft is raised."""
     task = asyncio.ensure_future(work)
 
     async def left() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
+        while (await receive())["type"] != "http.disconnect":
             pass
 
     watcher = asyncio.ensure_future(left())
@@ -116,8 +116,9 @@ def _operation_with_body(body_schema: dict[str, Any]) -> type:
     return PredictOperation
 
 
-def _predict_route(cfg: Config, service: Service):
-    """POST /predict: decode and check the body, wait for the model, answer its predictions."""
+def _predict_route(cfg: Config, service: Service, plain_path: bool = True):
+    """POST /predict: decode and check the body, wait for the model, answer its predictions
+    (plain requests by _plain_requests unless plain_path is False)."""
     from litestar import Request, post
     from litestar.exceptions import HTTPException
 
@@ -154,18 +155,13 @@ def _predict_route(cfg: Config, service: Service):
                                          "(either)")
         return texts
 
-    @post("/predict", status_code=200, operation_class=_operation_with_body(request_schema(req_type)),
-          responses=_error_specs(cfg),
-          request_max_body_size=s.max_body_bytes, summary="Classify one or more reviews",
-          operation_id="predict")
-    async def predict(request: Request) -> PredictResponse:
-        texts = await read_texts(request)
+    async def answer(texts: list[str], receive: Callable[[], Any]) -> PredictResponse:
         if not service.draining and not await service.wait_ready():
             m.rejected.labels("not_ready").inc()
             raise HTTPException(status_code=503, detail=f"model is {service.status}",
                                 headers={"Retry-After": "1"})
         try:
-            preds, info = await _unless_client_leaves(request, service.predict(texts))
+            preds, info = await _unless_client_leaves(receive, service.predict(texts))
         except Refused as exc:
             m.rejected.labels(exc.reason).inc()
             raise HTTPException(status_code=503, detail=exc.detail,
@@ -184,7 +180,67 @@ def _predict_route(cfg: Config, service: Service):
             predictions=[PredictionOut(p.label, p.label_id, p.score, p.probabilities) for p in preds],
             model=info)
 
+    @post("/predict", status_code=200, operation_class=_operation_with_body(request_schema(req_type)),
+          responses=_error_specs(cfg),
+          middleware=[_plain_requests(s.max_body_bytes, decode, answer)] if plain_path else [],
+          request_max_body_size=s.max_body_bytes, summary="Classify one or more reviews",
+          operation_id="predict")
+    async def predict(request: Request) -> PredictResponse:
+        return await answer(await read_texts(request), request.receive)
+
     return predict
+
+
+def _plain_requests(max_body_bytes: int, decode: BodyDecoder, answer: Callable[..., Any]) -> Callable[[Any], Any]:
+    """POST /predict's middleware for the plain request: Content-Type exactly application/json, a
+    Content-Length within the limit, a body that decodes to texts. It reads and decodes the body
+    itself and sends the answer as two ASGI messages, without Litestar's request and response
+    objects (most of the server's own work per request: docs/performance.md). Any other request
+    goes to the handler with its body as it came, so every refusal of a body is made by the one
+    code that makes it; a failure while predicting is the handler's own HTTPException."""
+    encode = msgspec.json.Encoder().encode
+    limit = str(max_body_bytes)
+
+    def middleware(app: Any) -> Any:
+        async def plain(scope: Any, receive: Any, send: Any) -> None:
+            length = media = None
+            for name, value in scope["headers"]:
+                if name == b"content-length":
+                    length = value
+                elif name == b"content-type":
+                    media = value
+            if (media != b"application/json" or length is None or not length.isdigit()
+                    or len(length) > len(limit) or int(length) > max_body_bytes):
+                await app(scope, receive, send)
+                return
+            seen, chunks = [], []
+            while True:
+                message = await receive()
+                seen.append(message)
+                if message["type"] != "http.request":
+                    break
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    break
+            texts = None
+            if seen[-1]["type"] == "http.request":
+                with contextlib.suppress(msgspec.MsgspecError, UnicodeDecodeError):
+                    texts = decode(b"".join(chunks))
+            if texts is None:  # the handler answers it, reading the body as it came
+
+                async def replay() -> Any:
+                    return seen.pop(0) if seen else await receive()
+
+                await app(scope, replay, send)
+                return
+            body = encode(await answer(texts, receive))
+            await send({"type": "http.response.start", "status": 200, "headers": [
+                (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body, "more_body": False})
+
+        return plain
+
+    return middleware
 
 
 def _internal_error_handler(service: Service):
@@ -218,7 +274,8 @@ def _page_route(cfg: Config):
 def create_app(cfg: Config, predictor: Predictor | None = None, model_uri: str | None = None, *,
                loader: Callable[[], Predictor] | None = None,
                ready_wait_s: float = READY_WAIT_S, debug: bool = False,
-               follow: bool | None = None, follower_factory: Callable[[Service], Any] | None = None):
+               follow: bool | None = None, follower_factory: Callable[[Service], Any] | None = None,
+               plain_path: bool = True):
     """The Litestar app. With no predictor, the lifespan runs `loader`, by default one that
     resolves `model_uri` (serve.model when None), checks its hash and loads it.
 
@@ -228,6 +285,8 @@ def create_app(cfg: Config, predictor: Predictor | None = None, model_uri: str |
     When the model is models:/NAME@ALIAS, the app follows the alias (serve/follow.py) unless
     follow is False; None means "when the app loads the model itself" (no predictor passed).
     follower_factory(service) builds the Follower (tests pass one with a small registry).
+    plain_path=False answers every /predict through Litestar's handler (tests and benchmarks
+    compare the two).
     """
     from litestar import Litestar, Request, Response
     from litestar.openapi import OpenAPIConfig
@@ -259,7 +318,7 @@ def create_app(cfg: Config, predictor: Predictor | None = None, model_uri: str |
             await service.stop()
 
     return Litestar(
-        route_handlers=[_predict_route(cfg, service), follow_mod.webhook_route(follower),
+        route_handlers=[_predict_route(cfg, service, plain_path), follow_mod.webhook_route(follower),
                         *web.health_routes(service.readiness),
                         _page_route(cfg), web.metrics_controller()],
         lifespan=[lifespan],

@@ -308,6 +308,16 @@ def short_thread_waits() -> dict[str, str]:
     return {name: os.environ[name] for name in THREAD_WAIT_ENV if name in os.environ}
 
 
+def http_protocol() -> Any:
+    """uvicorn's httptools protocol writing each response in one piece (httpwrites.py), or
+    uvicorn's own choice where httptools is not installed."""
+    try:
+        from sentiment_cli.httpwrites import OneWriteHttpToolsProtocol
+    except ImportError:
+        return "auto"
+    return OneWriteHttpToolsProtocol
+
+
 def run_server(app: Any, *, host: str, port: int, workers: int = 1, factory: str | None = None,
                graceful_s: float = GRACEFUL_SHUTDOWN_S, access_log: bool = True) -> None:
     """Serve until SIGINT/SIGTERM; requests in flight get graceful_s to finish. access_log: uvicorn's
@@ -319,7 +329,8 @@ def run_server(app: Any, *, host: str, port: int, workers: int = 1, factory: str
     import uvicorn
 
     common: dict[str, Any] = dict(host=host, port=port, log_level="info", lifespan="on",
-                                  timeout_graceful_shutdown=graceful_s, access_log=access_log)
+                                  timeout_graceful_shutdown=graceful_s, access_log=access_log,
+                                  http=http_protocol())
     if workers == 1:
         uvicorn.run(app, **common)
         return

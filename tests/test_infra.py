@@ -690,6 +690,27 @@ def test_smoke_script_runs_real_sent_commands() -> None:
     assert checked >= 5
 
 
+def test_a_build_on_another_base_swaps_every_from_line_and_nothing_else() -> None:
+    """containers/build-and-smoke.sh --base IMAGE builds a copy of each Dockerfile in which the
+    FROM lines, and only they, name IMAGE instead of the pinned python base: a stand-in build then
+    runs every other step as committed, and keeps each stage's name (COPY --from=builder)."""
+    script = (ROOT / "containers" / "build-and-smoke.sh").read_text()
+    found = re.search(r'sed -E "([^"]+)"', script)
+    assert found, "build-and-smoke.sh no longer rewrites the FROM lines with sed -E"
+    expression = found.group(1).replace("$from", "standin/python:1")
+    for dockerfile in DOCKERFILES:
+        before = dockerfile.read_text().splitlines()
+        done = subprocess.run(["sed", "-E", expression, str(dockerfile)], capture_output=True, text=True, check=True)
+        after = done.stdout.splitlines()
+        assert len(after) == len(before)
+        changed = [(b, a) for b, a in zip(before, after) if b != a]
+        froms = [line for line in before if line.startswith("FROM ")]
+        assert len(froms) >= 2 and len(changed) == len(froms), dockerfile.name
+        for old, new in changed:
+            assert old.startswith("FROM python:3.11") and "@sha256:" in old, old
+            assert new.split()[:2] == ["FROM", "standin/python:1"] and new.split()[2:] == old.split()[2:], new
+
+
 def test_dependabot_watches_the_base_images() -> None:
     config_ = yaml.safe_load((ROOT / ".github" / "dependabot.yml").read_text())
     docker = [u for u in config_["updates"] if u["package-ecosystem"] == "docker"]

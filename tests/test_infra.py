@@ -702,8 +702,7 @@ def test_a_build_on_another_base_swaps_every_from_line_and_nothing_else() -> Non
         before = dockerfile.read_text().splitlines()
         done = subprocess.run(["sed", "-E", expression, str(dockerfile)], capture_output=True, text=True, check=True)
         after = done.stdout.splitlines()
-        assert len(after) == len(before)
-        changed = [(b, a) for b, a in zip(before, after) if b != a]
+        changed = [(b, a) for b, a in zip(before, after, strict=True) if b != a]
         froms = [line for line in before if line.startswith("FROM ")]
         assert len(froms) >= 2 and len(changed) == len(froms), dockerfile.name
         for old, new in changed:

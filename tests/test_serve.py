@@ -994,6 +994,44 @@ def test_batcher_work_handed_ahead_is_skipped_when_its_client_left_and_refused_b
     assert queued_while_waiting == 2 and queued_after == 0  # handed ahead still counts as queued
 
 
+def test_waiting_for_the_model_ends_when_the_client_leaves_and_only_then():
+    from sentiment_cli.serve.app import ClientLeft, _unless_client_leaves
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        gone = asyncio.Event()
+
+        async def receive():  # the ASGI receive once the body is read: waits for a disconnect
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        async def work(future):
+            return await future
+
+        answered = loop.create_future()
+        loop.call_later(0.01, answered.set_result, "answer")
+        result = await _unless_client_leaves(receive, work(answered))
+
+        waiting = loop.create_future()  # the request's place in the queue
+        loop.call_later(0.01, gone.set)
+        with pytest.raises(ClientLeft):
+            await _unless_client_leaves(receive, work(waiting))
+        uncancelled = asyncio.current_task().cancelling() == 0
+        await asyncio.sleep(0)  # the request's task goes on normally after ClientLeft
+
+        gone.clear()
+        inner = asyncio.ensure_future(_unless_client_leaves(receive, work(loop.create_future())))
+        await asyncio.sleep(0.01)
+        inner.cancel()  # uvicorn cancelling the request (a drain that was not clean)
+        with pytest.raises(asyncio.CancelledError):
+            await inner
+        return result, waiting.cancelled(), uncancelled
+
+    result, work_cancelled, uncancelled = asyncio.run(main())
+    assert result == "answer"
+    assert work_cancelled and uncancelled  # its queued texts are skipped; no cancellation lingers
+
+
 def test_service_hands_work_ahead_only_to_one_text_lanes_and_only_when_prefetch_is_on(tmp_path):
     from sentiment_cli.serve.service import Service
 

@@ -23,7 +23,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,14 +61,17 @@ class Batcher:
         self._executor = ThreadPoolExecutor(max_workers=self.lanes, thread_name_prefix="sent-forward")
         self._before_pass = before_pass
         self._task: asyncio.Task | None = None
-        self._running: set[asyncio.Task] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._passes = 0  # passes handed to the lanes and not yet answered
+        self._idle: asyncio.Future | None = None  # stop() waits on it for _passes to reach 0
         self.queued_texts = 0  # not yet in a pass; lanes' threads take from it, under _count
         self._count = threading.Lock()
         self._refusal: BaseException | None = None  # set by refuse_queued: fail instead of run
         self.expect_company = True  # False after a batch ran alone: the next one does not wait
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="sent-batcher")
+        self._loop = asyncio.get_running_loop()
+        self._task = self._loop.create_task(self._run(), name="sent-batcher")
 
     async def call(self, fn: Callable[[], Any]) -> Any:
         """Run fn on a forward thread (the warm-up uses it: same threads, same torch state)."""
@@ -165,19 +168,23 @@ class Batcher:
         if carried is not None:
             await free.acquire()
             self._launch([carried], free)
-        if self._running:
-            await asyncio.gather(*self._running)
+        while self._passes:
+            self._idle = self._loop.create_future()
+            await self._idle
 
     def _launch(self, batch: list[_Item], free: asyncio.Semaphore) -> None:
-        async def forward() -> None:
-            try:
-                await self._forward(batch)
-            finally:
-                free.release()
-
-        task = asyncio.get_running_loop().create_task(forward())
-        self._running.add(task)
-        task.add_done_callback(self._running.discard)
+        """Hand the batch to a lane. The lane's thread hands the outcome back to the event loop
+        itself, in one call (no task per pass, no future chained to the executor's)."""
+        if self._refusal is not None:
+            for item in batch:
+                self._refuse(item)
+            free.release()
+            return
+        alone = self._passes == 0 and self._queue.empty()
+        self._passes += 1
+        loop = self._loop
+        self._executor.submit(self._pass, batch, alone).add_done_callback(
+            lambda done: loop.call_soon_threadsafe(self._answer, batch, done, free))
 
     def _pass(self, batch: list[_Item], alone: bool) -> tuple[list[_Item], list[Prediction], float] | None:
         """On a lane's thread: the pass over the batch's requests still waiting (None if the drain
@@ -195,25 +202,25 @@ class Batcher:
         preds = self._predict([t for i in live for t in i.texts])
         return live, preds, time.perf_counter() - start
 
-    async def _forward(self, batch: list[_Item]) -> None:
-        if self._refusal is not None:
-            for item in batch:
-                self._refuse(item)
-            return
-        alone = len(self._running) <= 1 and self._queue.empty()
+    def _answer(self, batch: list[_Item], done: Future, free: asyncio.Semaphore) -> None:
+        """On the event loop, once a lane is done with the batch: each request its predictions
+        (or the pass's exception, or the drain's refusal)."""
+        self._passes -= 1
+        free.release()
+        if not self._passes and self._idle is not None and not self._idle.done():
+            self._idle.set_result(None)
         try:
-            done = await asyncio.get_running_loop().run_in_executor(
-                self._executor, self._pass, batch, alone)
+            outcome = done.result()
         except Exception as exc:
             for i in batch:
                 if not i.future.done():
                     i.future.set_exception(exc)
             return
-        if done is None:  # refused before its pass began
+        if outcome is None:  # refused before its pass began
             for item in batch:
                 self._refuse(item)
             return
-        live, preds, seconds = done
+        live, preds, seconds = outcome
         if not live:
             return
         if self._on_batch:

@@ -44,7 +44,7 @@ SIDES = ("A", "B")
 
 def git(*args: str) -> str:
     return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True,
-                          check=True).stdout.strip()
+                          check=True).stdout.rstrip()
 
 
 def base_worktree(rev: str, where: Path) -> tuple[str, bool]:
@@ -68,7 +68,7 @@ def imported_from(tree: Path, cwd: Path) -> str:
     if that is not inside tree (an install or the current folder shadowing it)."""
     env = {**os.environ, "PYTHONPATH": str(tree)}
     out = subprocess.run([sys.executable, "-c", "import sentiment_cli; print(sentiment_cli.__file__)"],
-                         cwd=cwd, env=env, capture_output=True, text=True, check=True).stdout.strip()
+                         cwd=cwd, env=env, capture_output=True, text=True, check=True).stdout.rstrip()
     path = Path(out).resolve()
     if not path.is_relative_to(tree.resolve()):
         sys.exit(f"with PYTHONPATH={tree}, sentiment_cli is imported from {path}, not from that tree")

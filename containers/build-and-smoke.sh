@@ -14,16 +14,29 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+usage="usage: containers/build-and-smoke.sh [--base IMAGE] [--train-base IMAGE] [serve|drift|train ...]"
 base="" train_base=""
 while [ $# -gt 0 ]; do
   case "$1" in
+    -h | --help) echo "$usage"; exit 0 ;;
     --base) base=${2:?--base needs an image}; shift 2 ;;
     --train-base) train_base=${2:?--train-base needs an image}; shift 2 ;;
+    -*) echo "build-and-smoke: unknown option $1; $usage" >&2; exit 2 ;;
     *) break ;;
   esac
 done
 kinds=("$@")
 [ ${#kinds[@]} -gt 0 ] || kinds=(serve drift train)
+for kind in "${kinds[@]}"; do
+  case "$kind" in
+    serve | drift | train) ;;
+    *) echo "build-and-smoke: no image '$kind'; $usage" >&2; exit 2 ;;
+  esac
+done
+if ! docker info >/dev/null 2>&1; then
+  echo "build-and-smoke: no docker daemon answers (docker info failed)" >&2
+  exit 2
+fi
 train_base=${train_base:-$base}
 work=$(realpath -m "${SMOKE_DIR:-smoke-work}")
 export SMOKE_DIR=$work
@@ -47,6 +60,7 @@ for kind in "${kinds[@]}"; do
   from=$base
   [ "$kind" != train ] || from=$train_base
   started=$SECONDS
+  echo "build-and-smoke: building sent-$kind (minutes; the training image's CUDA layers take longest)"
   image=$(build "$kind" "$from")
   size=$(docker image inspect --format '{{.Size}}' "$image")
   echo "build-and-smoke: sent-$kind $image ($((size / 1000000)) MB, built in $((SECONDS - started)) s${from:+ on $from})"

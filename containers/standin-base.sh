@@ -15,16 +15,23 @@
 # behaviour, not the base itself. Needs root and debootstrap.
 set -euo pipefail
 
+usage="usage: containers/standin-base.sh [--wheels DIR] TAG"
+case "${1:-}" in
+  -h | --help) echo "$usage"; exit 0 ;;
+esac
+command -v debootstrap >/dev/null 2>&1 || { echo "standin-base: debootstrap is not installed (apt-get install debootstrap)" >&2; exit 2; }
+[ "$(id -u)" = 0 ] || { echo "standin-base: needs root (debootstrap and chroot)" >&2; exit 2; }
 wheels=""
 if [ "${1:-}" = "--wheels" ]; then
   wheels=$(realpath "${2:?--wheels needs a folder}")
   shift 2
 fi
-tag=${1:?usage: containers/standin-base.sh [--wheels DIR] TAG}
+tag=${1:?$usage}
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 root=$(mktemp -d)
 trap 'umount "$root/proc" 2>/dev/null || true; rm -rf "$root"' EXIT
 
+echo "standin-base: debootstrap bookworm from $mirror (a minute or so)"
 debootstrap --variant=minbase --include=ca-certificates bookworm "$root" "$mirror" >/dev/null
 cp /etc/resolv.conf "$root/etc/resolv.conf"
 mount --bind /proc "$root/proc"

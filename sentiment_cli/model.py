@@ -370,14 +370,15 @@ class Predictor:
         return out
 
     def predict(self, texts: Sequence[str], parallel: bool = True) -> list[Prediction]:
-        probs = self.predict_proba(texts, parallel)
-        results = []
-        for row in probs:
-            i = int(row.argmax())
-            results.append(Prediction(
-                label=self.labels[i], label_id=i, score=float(row[i]),
-                probabilities={name: float(p) for name, p in zip(self.labels, row, strict=True)},
-            ))
+        # One text (each pass of serve's one-text lanes): its probabilities as predict_proba would
+        # give them, without the ordering, chunking and output array a batch needs.
+        one = len(texts) == 1 and type(self).predict_proba is Predictor.predict_proba
+        probs = self._probs([texts[0]]) if one else self.predict_proba(texts, parallel)
+        labels, results = self.labels, []
+        for row in probs.tolist():  # Python floats: the same values as float(row[i])
+            i = max(range(len(row)), key=row.__getitem__)  # the first highest, as argmax
+            results.append(Prediction(label=labels[i], label_id=i, score=row[i],
+                                      probabilities=dict(zip(labels, row, strict=True))))
         return results
 
 

@@ -42,6 +42,26 @@ def test_predictions_survive_a_save_load_round_trip_in_input_order(tiny_folder):
     assert pred.max_length == 64  # taken from the saved config
 
 
+def test_one_text_is_predicted_exactly_as_predict_proba_gives_it_and_overrides_are_kept(tiny_folder):
+    """predict of one text (each pass of serve's one-text lanes) skips predict_proba's batch
+    machinery: the same probabilities to the bit, the first highest label; a predictor whose
+    predict_proba is its own still goes through it."""
+    pred = model.Predictor.from_folder(tiny_folder, batch_size=4)
+    for text in ["x", "great acting", "a much longer text about a movie " * 5]:
+        (got,), row = pred.predict([text]), pred.predict_proba([text])[0]
+        assert got.label_id == int(row.argmax()) and got.label == pred.labels[got.label_id]
+        assert got.score == float(row[got.label_id])
+        assert got.probabilities == {name: float(p) for name, p in zip(pred.labels, row, strict=True)}
+        assert all(type(v) is float for v in got.probabilities.values())
+
+    class Fixed(model.Predictor):
+        def predict_proba(self, texts, parallel=True):
+            return np.array([[0.5, 0.5]] * len(texts), dtype=np.float32)  # a tie: the first wins
+
+    fixed = Fixed(pred.model, pred.tokenizer)
+    assert [(p.label_id, p.score) for p in fixed.predict(["anything"])] == [(0, 0.5)]
+
+
 def test_quantized_predictor_agrees_with_fp32(tiny_folder):
     fp32 = model.Predictor.from_folder(tiny_folder)
     int8 = model.Predictor.from_folder(tiny_folder, quantize=True)

@@ -8,6 +8,10 @@ as everything else the event loop does for a request (docs/performance.md). Here
 holds what is written until the loop's next turn, then writes it at once, so a head and a body
 sent one after the other leave together. Closing or half-closing the connection writes what is
 held first; aborting it drops it, as aborting drops the transport's own buffer.
+
+The protocol also tells each request when its connection is lost (web.Departures in the scope):
+a request waiting for the model is cancelled then, where otherwise it would need a task of its
+own awaiting the ASGI receive for the disconnect.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import asyncio
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from sentiment_cli.web import DEPARTURES, Departures
 
 
 class WritesPerTurn:
@@ -63,7 +69,17 @@ class WritesPerTurn:
 
 
 class OneWriteHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol on a WritesPerTurn transport (uvicorn.Config(http=...))."""
+    """uvicorn's httptools protocol on a WritesPerTurn transport (uvicorn.Config(http=...)), each
+    request's scope holding its connection's Departures."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self.departures = Departures()
         super().connection_made(WritesPerTurn(transport, self.loop))  # type: ignore[arg-type]
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.scope[DEPARTURES] = self.departures  # type: ignore[literal-required]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self.departures.lose()

@@ -308,6 +308,28 @@ def short_thread_waits() -> dict[str, str]:
     return {name: os.environ[name] for name in THREAD_WAIT_ENV if name in os.environ}
 
 
+DEPARTURES = "sent.departures"  # a request's scope key: its connection's Departures
+
+
+class Departures:
+    """Of one connection, the tasks of its requests waiting for their answers. The HTTP protocol
+    (httpwrites.py) puts it in each request's scope and calls lose() when the connection is lost,
+    which cancels them: a request learns its client left without a task of its own watching."""
+
+    __slots__ = ("waiting", "left", "lost")
+
+    def __init__(self) -> None:
+        self.waiting: set[Any] = set()
+        self.left: set[Any] = set()  # cancelled by lose(): their cancellation is the client's
+        self.lost = False
+
+    def lose(self) -> None:
+        self.lost = True
+        for task in self.waiting:
+            self.left.add(task)
+            task.cancel()
+
+
 def http_protocol() -> Any:
     """uvicorn's httptools protocol writing each response in one piece (httpwrites.py), or
     uvicorn's own choice where httptools is not installed."""

@@ -1,5 +1,6 @@
 """httpwrites: a response's head and body leave in one write, on a real uvicorn server, with
-keep-alive, a streamed body, a closing connection and an aborted one left as they were."""
+keep-alive, a streamed body, a closing connection and an aborted one left as they were; and a
+request waiting for the model learns from the protocol itself that its client left."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import time
 import pytest
 import uvicorn
 
-from sentiment_cli import httpwrites
+from sentiment_cli import httpwrites, web
+
+seen_by_wait: list[tuple] = []  # what /wait saw, one tuple per request
 
 
 class FakeTransport:
@@ -84,6 +87,9 @@ async def app(scope, receive, send):
         return
     while (await receive()).get("more_body"):
         pass
+    if scope["path"] == "/wait":  # waits for an answer that never comes, until the client leaves
+        await _wait_for_nothing(scope)
+        return
     if scope["path"] == "/stream":  # a body in parts, with the loop turning between them
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"text/plain")]})
@@ -97,6 +103,25 @@ async def app(scope, receive, send):
                 "headers": [(b"content-type", b"application/json"),
                             (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
+
+
+async def _wait_for_nothing(scope) -> None:
+    from sentiment_cli.serve.app import ClientLeft, _unless_client_leaves
+
+    waiting = asyncio.get_running_loop().create_future()
+
+    async def receive():  # a watcher task would read it: the protocol's departure must do
+        seen_by_wait.append(("receive was read",))
+        await asyncio.Event().wait()
+
+    async def work():
+        return await waiting
+
+    departures = scope.get(web.DEPARTURES)
+    try:
+        await _unless_client_leaves(receive, work(), scope)
+    except ClientLeft:
+        seen_by_wait.append(("left", waiting.cancelled(), departures.waiting, departures.left))
 
 
 @pytest.fixture
@@ -163,3 +188,18 @@ def test_a_streamed_body_still_arrives_whole_and_a_closing_connection_gets_its_a
         sock.sendall(b"\x16\x03\x01 not http\r\n\r\n")
         answer = _read_until(sock, b"\x00never")
     assert answer.startswith(b"HTTP/1.1 400")
+
+
+def test_a_request_waiting_for_the_model_learns_from_the_protocol_that_its_client_left(server):
+    port, _ = server
+    seen_by_wait.clear()
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(b"POST /wait HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+        time.sleep(0.2)  # the request is waiting
+        assert seen_by_wait == []
+    deadline = time.monotonic() + 5
+    while not seen_by_wait:
+        assert time.monotonic() < deadline, "the departure was not noticed"
+        time.sleep(0.02)
+    # Its work cancelled (queued texts are skipped), no task left registered, no watcher.
+    assert seen_by_wait == [("left", True, set(), set())]

@@ -1032,6 +1032,48 @@ def test_waiting_for_the_model_ends_when_the_client_leaves_and_only_then():
     assert work_cancelled and uncancelled  # its queued texts are skipped; no cancellation lingers
 
 
+def test_a_lost_connection_ends_the_wait_of_its_requests_and_only_theirs():
+    """Where the protocol tells of lost connections (web.Departures in the scope), the request's
+    own task is cancelled by it: ClientLeft, no cancellation left over; a wait that starts on a
+    connection already lost is ClientLeft at once; anybody else's cancellation goes on up."""
+    from sentiment_cli import web
+    from sentiment_cli.serve.app import ClientLeft, _unless_client_leaves
+
+    async def unread():
+        raise AssertionError("receive is not read where the protocol tells of departures")
+
+    async def work(future):
+        return await future
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        gone, other = web.Departures(), web.Departures()
+        answered = loop.create_future()
+        loop.call_later(0.01, answered.set_result, "answer")
+        result = await _unless_client_leaves(unread, work(answered), {web.DEPARTURES: gone})
+
+        waiting = loop.create_future()
+        loop.call_later(0.01, gone.lose)
+        with pytest.raises(ClientLeft):
+            await _unless_client_leaves(unread, work(waiting), {web.DEPARTURES: gone})
+        uncancelled = asyncio.current_task().cancelling() == 0
+        late = work(loop.create_future())
+        with pytest.raises(ClientLeft):
+            await _unless_client_leaves(unread, late, {web.DEPARTURES: gone})
+
+        inner = asyncio.ensure_future(_unless_client_leaves(unread, work(loop.create_future()),
+                                                            {web.DEPARTURES: other}))
+        await asyncio.sleep(0.01)
+        inner.cancel()  # uvicorn cancelling the request (a drain that was not clean)
+        with pytest.raises(asyncio.CancelledError):
+            await inner
+        return result, waiting.cancelled(), uncancelled, late.cr_frame is None, gone, other
+
+    result, work_cancelled, uncancelled, late_closed, gone, other = asyncio.run(main())
+    assert result == "answer" and work_cancelled and uncancelled and late_closed
+    assert gone.waiting == gone.left == other.waiting == other.left == set()
+
+
 def test_service_hands_work_ahead_only_to_one_text_lanes_and_only_when_prefetch_is_on(tmp_path):
     from sentiment_cli.serve.service import Service
 

@@ -76,13 +76,37 @@ class ClientLeft(Exception):
     """The client disconnected before its predictions were ready."""
 
 
-async def _unless_client_leaves(receive: Callable[[], Any], work: Any) -> Any:
+async def _unless_client_leaves(receive: Callable[[], Any], work: Any, scope: Any = None) -> Any:
     """Await work, unless the client disconnects first (receive: the request's ASGI receive): then
     the work is cancelled (texts not yet in a forward pass are skipped, so nobody computes for a
     client that is gone) and ClientLeft is raised.
 
-    The work runs in the request's own task; a watcher cancels that task if the client leaves, so
-    a request costs one task more, not two and a wait on both."""
+    The work runs in the request's own task. Where the HTTP protocol tells of a lost connection
+    (web.Departures in the scope: `sent serve`'s own), it cancels that task itself; elsewhere a
+    watcher task awaits the disconnect on receive and cancels it."""
+    departures = scope.get(web.DEPARTURES) if scope is not None else None
+    if departures is None:
+        return await _watching(receive, work)
+    task = asyncio.current_task()
+    if departures.lost:
+        work.close()
+        raise ClientLeft
+    departures.waiting.add(task)
+    try:
+        return await work
+    except asyncio.CancelledError:
+        # The lost connection's cancellation, and nobody else's (uvicorn's, at shutdown, goes on up).
+        if task in departures.left and task.uncancel() == 0:
+            raise ClientLeft from None
+        raise
+    finally:
+        departures.waiting.discard(task)
+        departures.left.discard(task)
+
+
+async def _watching(receive: Callable[[], Any], work: Any) -> Any:
+    """_unless_client_leaves with a watcher task: it cancels the request's task when receive
+    tells of a disconnect."""
     task = asyncio.current_task()
     left = False
 
@@ -158,13 +182,13 @@ def _predict_route(cfg: Config, service: Service, plain_path: bool = True):
                                          "(either)")
         return texts
 
-    async def answer(texts: list[str], receive: Callable[[], Any]) -> PredictResponse:
+    async def answer(texts: list[str], receive: Callable[[], Any], scope: Any = None) -> PredictResponse:
         if not service.draining and not await service.wait_ready():
             m.rejected.labels("not_ready").inc()
             raise HTTPException(status_code=503, detail=f"model is {service.status}",
                                 headers={"Retry-After": "1"})
         try:
-            preds, info = await _unless_client_leaves(receive, service.predict(texts))
+            preds, info = await _unless_client_leaves(receive, service.predict(texts), scope)
         except Refused as exc:
             m.rejected.labels(exc.reason).inc()
             raise HTTPException(status_code=503, detail=exc.detail,
@@ -189,7 +213,7 @@ def _predict_route(cfg: Config, service: Service, plain_path: bool = True):
           request_max_body_size=s.max_body_bytes, summary="Classify one or more reviews",
           operation_id="predict")
     async def predict(request: Request) -> PredictResponse:
-        return await answer(await read_texts(request), request.receive)
+        return await answer(await read_texts(request), request.receive, request.scope)
 
     return predict
 
@@ -236,7 +260,7 @@ def _plain_requests(max_body_bytes: int, decode: BodyDecoder, answer: Callable[.
 
                 await app(scope, replay, send)
                 return
-            body = encode(await answer(texts, receive))
+            body = encode(await answer(texts, receive, scope))
             await send({"type": "http.response.start", "status": 200, "headers": [
                 (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
             await send({"type": "http.response.body", "body": body, "more_body": False})

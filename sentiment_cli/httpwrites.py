@@ -9,12 +9,6 @@ holds what is written until the loop's next turn, then writes it at once, so a h
 sent one after the other leave together. Closing or half-closing the connection writes what is
 held first; aborting it drops it, as aborting drops the transport's own buffer.
 
-On uvloop's TCP transport the write itself is made here, with the GIL let go: uvloop makes the
-system call holding it, and a loopback write does the receiver's side of TCP and wakes it, during
-which the lanes' threads could not take the GIL. What the kernel does not take at once (or all of
-it, while the transport still holds unsent bytes: their order is kept) goes to the transport's
-own write, which buffers it, and meets and reports any error as before.
-
 The protocol also tells each request when its connection is lost (web.Departures in the scope):
 a request waiting for the model is cancelled then, where otherwise it would need a task of its
 own awaiting the ASGI receive for the disconnect.
@@ -23,27 +17,11 @@ own awaiting the ASGI receive for the disconnect.
 from __future__ import annotations
 
 import asyncio
-import os
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from sentiment_cli.web import DEPARTURES, Departures
-
-try:
-    from uvloop.loop import TCPTransport as _UvloopTCP
-except ImportError:  # no uvloop: asyncio's own transport sends with the GIL let go already
-    _UvloopTCP = None
-
-_write = os.write  # lets go of the GIL during the system call
-
-
-def _direct_fd(transport: Any) -> int:
-    """The socket's descriptor where this module writes itself (uvloop's plain TCP), else -1."""
-    if _UvloopTCP is None or type(transport) is not _UvloopTCP:
-        return -1
-    sock = transport.get_extra_info("socket")
-    return sock.fileno() if sock is not None else -1
 
 
 class WritesPerTurn:
@@ -53,7 +31,6 @@ class WritesPerTurn:
         self._transport = transport
         self._loop = loop
         self._held: list[bytes] = []
-        self._fd = _direct_fd(transport)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if not self._held:
@@ -69,18 +46,8 @@ class WritesPerTurn:
             return
         data = b"".join(self._held)
         self._held.clear()
-        transport = self._transport
-        if transport.is_closing():
-            return
-        if self._fd >= 0 and not transport.get_write_buffer_size():
-            try:
-                sent = _write(self._fd, data)
-            except OSError:  # full (EAGAIN), or an error the transport's write meets and reports
-                sent = 0
-            if sent == len(data):
-                return
-            data = data[sent:]
-        transport.write(data)
+        if not self._transport.is_closing():
+            self._transport.write(data)
 
     def get_write_buffer_size(self) -> int:
         return self._transport.get_write_buffer_size() + sum(map(len, self._held))

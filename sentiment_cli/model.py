@@ -314,6 +314,8 @@ class Predictor:
         parallel=False keeps to the calling thread (serve runs its lanes itself)."""
         import numpy as np
 
+        if len(texts) == 1:  # each pass of serve's one-text lanes: no ordering, chunks or copy
+            return np.asarray(self._probs([texts[0]]), dtype=np.float32)
         out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         chunks = [order[s:s + self.batch_size] for s in range(0, len(order), self.batch_size)]
@@ -370,12 +372,8 @@ class Predictor:
         return out
 
     def predict(self, texts: Sequence[str], parallel: bool = True) -> list[Prediction]:
-        # One text (each pass of serve's one-text lanes): its probabilities as predict_proba would
-        # give them, without the ordering, chunking and output array a batch needs.
-        one = len(texts) == 1 and type(self).predict_proba is Predictor.predict_proba
-        probs = self._probs([texts[0]]) if one else self.predict_proba(texts, parallel)
         labels, results = self.labels, []
-        for row in probs.tolist():  # Python floats: the same values as float(row[i])
+        for row in self.predict_proba(texts, parallel).tolist():  # Python floats: the same values as float(row[i])
             i = max(range(len(row)), key=row.__getitem__)  # the first highest, as argmax
             results.append(Prediction(label=labels[i], label_id=i, score=row[i],
                                       probabilities=dict(zip(labels, row, strict=True))))

@@ -43,9 +43,9 @@ def test_predictions_survive_a_save_load_round_trip_in_input_order(tiny_folder):
 
 
 def test_one_text_is_predicted_exactly_as_predict_proba_gives_it_and_overrides_are_kept(tiny_folder):
-    """predict of one text (each pass of serve's one-text lanes) skips predict_proba's batch
-    machinery: the same probabilities to the bit, the first highest label; a predictor whose
-    predict_proba is its own still goes through it."""
+    """One text (each pass of serve's one-text lanes) skips predict_proba's batch machinery:
+    predict gives the same probabilities to the bit as predict_proba and as a batch's row for it,
+    the first highest label; a predictor whose predict_proba is its own still goes through it."""
     pred = model.Predictor.from_folder(tiny_folder, batch_size=4)
     for text in ["x", "great acting", "a much longer text about a movie " * 5]:
         (got,), row = pred.predict([text]), pred.predict_proba([text])[0]
@@ -53,6 +53,8 @@ def test_one_text_is_predicted_exactly_as_predict_proba_gives_it_and_overrides_a
         assert got.score == float(row[got.label_id])
         assert got.probabilities == {name: float(p) for name, p in zip(pred.labels, row, strict=True)}
         assert all(type(v) is float for v in got.probabilities.values())
+        np.testing.assert_allclose(row, pred.predict_proba([text, "ok"])[0], atol=1e-5)
+        assert row.dtype == np.float32 and row.shape == (len(pred.labels),)
 
     class Fixed(model.Predictor):
         def predict_proba(self, texts, parallel=True):

@@ -182,7 +182,7 @@ def _predict_route(cfg: Config, service: Service, plain_path: bool = True):
                                          "(either)")
         return texts
 
-    async def answer(texts: list[str], receive: Callable[[], Any], scope: Any = None) -> PredictResponse:
+    async def answer(texts: list[str], receive: Callable[[], Any], scope: Any) -> PredictResponse:
         if not service.draining and not await service.wait_ready():
             m.rejected.labels("not_ready").inc()
             raise HTTPException(status_code=503, detail=f"model is {service.status}",

@@ -16,7 +16,10 @@ answers) at concurrency 1 and 16 for --duration seconds each, in two scenarios:
 
 In each scenario the in-process ceiling is measured too: the ONNX int8 model run by this process
 as `sent serve --runtime onnx --quantize` runs it (one text per pass, cores + 1 lanes), no HTTP,
-under the same load. All of that --runs times, the server order rotated each run, and the median
+under the same load: after every server, and just before and just after each ONNX int8 server at
+the highest concurrency, whose req/s is also reported over the mean of those two (the machine's
+speed drifts by several percent within a minute here; between two adjacent ceilings it cancels
+to first order). All of that --runs times, the server order rotated each run, and the median
 of the runs is reported. For every server the script also records its CPU time per request
 (/proc) and, for `sent serve`, the time per request spent inside the model call (its
 sent_forward_seconds metric): at concurrency 1 the rest of the latency is the server's own
@@ -470,17 +473,37 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
+def of_adjacent_ceiling(rps: float, before: dict, after: dict) -> dict:
+    """A served req/s over the mean of the ceilings measured just before and just after it: a
+    drift of the machine's speed over those three measurements cancels, to first order."""
+    mean = (before["texts_per_s"] + after["texts_per_s"]) / 2
+    return {"served_rps": round(rps, 2), "before": before["texts_per_s"], "after": after["texts_per_s"],
+            "of_ceiling": round(rps / mean, 3)}
+
+
 def run_scenario(scenario: str, run: int, cfgs: list[Config], servers: dict, args, texts: list[str],
-                 closed: dict, ceil_predictor, ceilings: dict) -> None:
-    """Every configuration at every concurrency, then the in-process ceiling, under one load."""
+                 closed: dict, ceil_predictor, ceilings: dict, adjacent: dict) -> None:
+    """Every configuration at every concurrency, then the in-process ceiling, under one load; each
+    ONNX int8 server at the highest concurrency also between two ceilings (`adjacent`)."""
     order = cfgs[run % len(cfgs):] + cfgs[:run % len(cfgs)]  # rotate: no fixed slot
     busy = args.busy if scenario == "busy" else 0
-    planned = len(order) * len(args.concurrency) * (args.duration + 2) + args.duration + 60
+    bracketed = sum(c.name.startswith("sent-onnx-int8") for c in order) if ceil_predictor is not None else 0
+    planned = (len(order) * len(args.concurrency) + 2 * bracketed) * (args.duration + 2) + args.duration + 60
     with background_load(busy, max_s=planned):
         for n in args.concurrency:
             for cfg in order:
+                bracket = ceil_predictor is not None and cfg.name.startswith("sent-onnx-int8") \
+                    and n == max(args.concurrency)
+                if bracket:
+                    before = ceiling(ceil_predictor, Texts(texts), args.duration)
                 r = measure(servers[cfg.name], cfg.kind, Texts(texts), n, args.duration, args.client)
                 closed[scenario][cfg.name][n].append(r)
+                if bracket:
+                    adjacent[scenario].setdefault(cfg.name, []).append(
+                        of_adjacent_ceiling(r.rps, before, ceiling(ceil_predictor, Texts(texts), args.duration)))
+                    a = adjacent[scenario][cfg.name][-1]
+                    print(f"run {run + 1} {scenario:5s} {cfg.name:14s} ceiling just before {a['before']:.1f}, "
+                          f"just after {a['after']:.1f} texts/s: of ceiling {a['of_ceiling']:.3f}", flush=True)
                 extra = "" if r.outside_ms is None else (
                     f"  model {r.model_ms_per_req:6.1f} ms/req  outside {r.outside_ms:6.1f} ms")
                 print(f"run {run + 1} {scenario:5s} {cfg.name:14s} c={n:<3d} {r.rps:7.1f} req/s  "
@@ -527,6 +550,7 @@ def main() -> None:
             if not args.only or c.name in args.only]
     closed = {sc: {c.name: {n: [] for n in args.concurrency} for c in cfgs} for sc in args.scenarios}
     ceilings: dict[str, list[dict]] = {sc: [] for sc in args.scenarios}
+    adjacent: dict[str, dict[str, list[dict]]] = {sc: {} for sc in args.scenarios}
     with contextlib.ExitStack() as stack:
         # All servers run side by side, idle unless measured, so that every run measures each
         # configuration within the same minute: the machine's other tenants come and go.
@@ -540,7 +564,7 @@ def main() -> None:
         for run in range(args.runs):
             for scenario in args.scenarios:
                 run_scenario(scenario, run, cfgs, running, args, test_texts, closed,
-                             ceil_predictor, ceilings)
+                             ceil_predictor, ceilings, adjacent)
         results["closed_loop"] = {sc: {name: {str(n): median_result(rs) for n, rs in by_n.items()}
                                        for name, by_n in by_name.items()}
                                   for sc, by_name in closed.items()}
@@ -548,6 +572,9 @@ def main() -> None:
             "texts_per_s": statistics.median(c["texts_per_s"] for c in cs),
             "cpu_ms_per_text": statistics.median(c["cpu_ms_per_text"] for c in cs), "runs": cs}
             for sc, cs in ceilings.items() if cs}
+        results["onnx_int8_of_adjacent_ceiling"] = {sc: {name: {
+            "median": statistics.median(a["of_ceiling"] for a in runs), "runs": runs}
+            for name, runs in by_name.items()} for sc, by_name in adjacent.items() if by_name}
         results["open_loop"] = {} if args.skip_open_loop else open_loops(cfgs, running, args, test_texts,
                                                                          results["closed_loop"])
 
@@ -615,6 +642,10 @@ def print_report(results: dict, concurrency: list[int]) -> None:
                   f"{c['cpu_ms_per_text']:.1f} ms CPU/text")
     results["ratios"] = ratios(results, concurrency)
     print("\n== ratios (medians) ==\n" + json.dumps(results["ratios"], indent=2))
+    for sc, by_name in results.get("onnx_int8_of_adjacent_ceiling", {}).items():
+        for name, a in by_name.items():
+            print(f"{sc:5s} {name}: of the ceilings just before and after it, median {a['median']:.3f} "
+                  f"(runs {', '.join(str(r['of_ceiling']) for r in a['runs'])})")
     if results["open_loop"]:
         print("\n== open loop at half peak, quiet (median of runs) ==")
     for name, m in results["open_loop"].items():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import fsspec
@@ -41,6 +42,37 @@ def test_non_ascii_and_newlines_survive(tmp_path: Path):
     with predlog.PredictionLog(tmp_path) as log:
         log.write(record(i, t) for i, t in enumerate(texts))
     assert [r["text"] for r in predlog.read_predictions(tmp_path)] == texts
+
+
+def test_a_request_handed_over_whole_is_written_as_make_record_writes_it(tmp_path: Path):
+    """write_made (serve's path: the records made on the writer's thread) writes the same lines
+    as write() of make_record's records, and the same JSON as the standard library's encoder."""
+    texts = ["très bien", 'quote " \\ and \u2028', "review 2"]
+    preds = [Prediction(label="pos", label_id=1, score=0.7345678912,
+                        probabilities={"neg": 0.2654321088, "pos": 0.7345678912})] * 3
+    at = 1_764_700_000.123456
+    with predlog.PredictionLog(tmp_path / "made") as log:
+        log.write_made(predlog.Made(texts, preds, "m", "3", 12.3456789, at))
+    stamp = datetime.fromtimestamp(at, UTC).isoformat(timespec="microseconds")
+    want = [predlog.make_record(t, p, model_name="m", model_version="3", latency_ms=12.3456789,
+                                timestamp=stamp) for t, p in zip(texts, preds, strict=True)]
+    with predlog.PredictionLog(tmp_path / "dicts") as log:
+        log.write(want)
+    made, dicts = (next((tmp_path / d).glob("*.jsonl")).read_bytes().decode().split("\n")[:-1]
+                   for d in ("made", "dicts"))  # not splitlines(): U+2028 stays inside its line
+    assert made == dicts
+    assert made == [json.dumps(r, ensure_ascii=False, separators=(",", ":")) for r in want]
+    assert json.loads(made[0])["timestamp"] == "2025-12-02T18:26:40.123456+00:00"
+    assert json.loads(made[0])["score"] == 0.734568
+
+
+def test_a_request_whose_records_cannot_be_made_is_counted_and_the_writer_lives_on(tmp_path: Path):
+    p = Prediction(label="pos", label_id=1, score=0.75, probabilities={"neg": 0.25, "pos": 0.75})
+    with predlog.PredictionLog(tmp_path) as log:
+        log.write_made(predlog.Made(["a", "b"], [p], "m", "3", 1.0, time.time()))  # 2 texts, 1 prediction
+        log.write_made(predlog.Made(["c"], [p], "m", "3", 1.0, time.time()))
+    assert (log.accepted, log.failed, log.written, log.unwritten) == (3, 2, 1, 0)
+    assert [r["text"] for r in predlog.read_predictions(tmp_path)] == ["c"]
 
 
 def test_files_rotate_by_size_and_sort_by_time(tmp_path: Path):

@@ -363,10 +363,6 @@ class Service:
                 series = self._by_label[p.label] = m.predictions.labels(p.label)
             series.inc()
         if self.log is not None:
-            now = predlog.utc_now()
-            self.log.write(
-                predlog.make_record(t, p, model_name=predictor.name,
-                                    model_version=predictor.version,
-                                    latency_ms=latency * 1000, timestamp=now)
-                for t, p in zip(texts, preds, strict=True))
+            self.log.write_made(predlog.Made(texts, preds, predictor.name, predictor.version,
+                                             latency * 1000, time.time()))
         return preds, ModelInfo(name=predictor.name, version=predictor.version)

@@ -1,0 +1,61 @@
+"""The serve benchmark (benchmarks/bench_serve.py): where its in-process ceilings are measured, offline."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import bench_serve  # noqa: E402
+
+
+def result(rps: float) -> bench_serve.Result:
+    return bench_serve.Result(requests=int(rps), errors=0, seconds=1.0, rps=rps, p50_ms=1.0, p99_ms=1.0,
+                              max_ms=1.0, mean_ms=1.0, loadavg=0.0, cpu_ms_per_req=1.0,
+                              client_cpu_ms_per_req=0.1)
+
+
+def test_each_int8_server_at_the_top_concurrency_sits_between_two_ceilings(monkeypatch):
+    """The machine's speed drifts: the ceiling an int8 run is compared with is measured just before
+    and just after it, and the run's share is its req/s over their mean."""
+    events: list[str] = []
+    ceilings = iter([100.0, 80.0, 60.0])  # before, after, then the scenario's own at the end
+    served = {("naive", 1): 5.0, ("sent-onnx-int8", 1): 30.0, ("naive", 16): 6.0, ("sent-onnx-int8", 16): 81.0}
+
+    def fake_ceiling(predictor, texts, duration):
+        value = next(ceilings)
+        events.append(f"ceiling {value:g}")
+        return {"texts_per_s": value, "cpu_ms_per_text": 1.0, "loadavg_before": 0.0, "loadavg": 0.0}
+
+    def fake_measure(srv, kind, texts, n, duration, client):
+        events.append(f"{srv} c={n}")
+        return result(served[(srv, n)])
+
+    monkeypatch.setattr(bench_serve, "ceiling", fake_ceiling)
+    monkeypatch.setattr(bench_serve, "measure", fake_measure)
+    monkeypatch.setattr(bench_serve, "background_load", lambda n, max_s: contextlib.nullcontext())
+    cfgs = [bench_serve.Config("naive", [], "naive"), bench_serve.Config("sent-onnx-int8", [], "sent")]
+    args = argparse.Namespace(busy=1, concurrency=[1, 16], duration=1.0, client="raw")
+    closed = {"quiet": {c.name: {1: [], 16: []} for c in cfgs}}
+    scenario_ceilings: dict = {"quiet": []}
+    adjacent: dict = {"quiet": {}}
+    bench_serve.run_scenario("quiet", 0, cfgs, {c.name: c.name for c in cfgs}, args, ["a review"],
+                             closed, object(), scenario_ceilings, adjacent)
+    assert events == ["naive c=1", "sent-onnx-int8 c=1", "naive c=16",
+                      "ceiling 100", "sent-onnx-int8 c=16", "ceiling 80", "ceiling 60"]
+    assert adjacent == {"quiet": {"sent-onnx-int8": [
+        {"served_rps": 81.0, "before": 100.0, "after": 80.0, "of_ceiling": 0.9}]}}
+    assert [c["texts_per_s"] for c in scenario_ceilings["quiet"]] == [60.0]
+
+
+def test_without_an_int8_server_no_ceiling_is_bracketed(monkeypatch):
+    monkeypatch.setattr(bench_serve, "measure", lambda srv, kind, texts, n, duration, client: result(5.0))
+    monkeypatch.setattr(bench_serve, "background_load", lambda n, max_s: contextlib.nullcontext())
+    cfgs = [bench_serve.Config("naive", [], "naive")]
+    args = argparse.Namespace(busy=1, concurrency=[16], duration=1.0, client="raw")
+    adjacent: dict = {"busy": {}}
+    bench_serve.run_scenario("busy", 0, cfgs, {"naive": "naive"}, args, ["a review"],
+                             {"busy": {"naive": {16: []}}}, None, {"busy": []}, adjacent)
+    assert adjacent == {"busy": {}}

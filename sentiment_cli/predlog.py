@@ -80,6 +80,9 @@ class Made:
     latency_ms: float
     unix_time: float  # time.time() when the predictions were ready
 
+    def __len__(self) -> int:  # the records it makes
+        return len(self.texts)
+
     def records(self) -> list[dict[str, Any]]:
         stamp = _stamp(self.unix_time)
         return [make_record(t, p, model_name=self.model_name, model_version=self.model_version,
@@ -153,7 +156,7 @@ class PredictionLog:
         self._enqueue(made)
 
     def _enqueue(self, batch: list[dict[str, Any]] | Made) -> None:
-        n = len(batch.texts) if isinstance(batch, Made) else len(batch)
+        n = len(batch)
         if not n:
             return
         self.accepted += n
@@ -259,7 +262,7 @@ class PredictionLog:
         try:
             return made.records()
         except Exception as exc:  # predictions that are not records must not stop the writer
-            self._failed(len(made.texts), "make records", exc)
+            self._failed(len(made), "make records", exc)
             return []
 
     def _timeout(self) -> float | None:

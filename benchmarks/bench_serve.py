@@ -15,11 +15,11 @@ answers) at concurrency 1 and 16 for --duration seconds each, in two scenarios:
   shared CI runner or a busy host.
 
 In each scenario the in-process ceiling is measured too: the ONNX int8 model run by this process
-as `sent serve --runtime onnx --quantize` runs it (one text per pass, cores + 1 lanes), no HTTP,
-under the same load: after every server, and just before and just after each ONNX int8 server at
-the highest concurrency, whose req/s is also reported over the mean of those two (the machine's
-speed drifts by several percent within a minute here; between two adjacent ceilings it cancels
-to first order). All of that --runs times, the server order rotated each run, and the median
+as `sent serve --runtime onnx --quantize` runs it (one text per pass, serve's default lanes), no
+HTTP, under the same load: after every server, and just before and just after each ONNX int8
+server at the highest concurrency, whose req/s is also reported over the mean of those two (the
+machine's speed drifts by several percent within a minute here; between two adjacent ceilings it
+cancels to first order). All of that --runs times, the server order rotated each run, and the median
 of the runs is reported. For every server the script also records its CPU time per request
 (/proc) and, for `sent serve`, the time per request spent inside the model call (its
 sent_forward_seconds metric): at concurrency 1 the rest of the latency is the server's own
@@ -246,11 +246,11 @@ def background_load(processes: int, max_s: float):
 
 def onnx_ceiling_predictor(model: Path, cache: Path):
     """The model as `sent serve --runtime onnx --quantize` runs it: int8, one text per pass,
-    cores + 1 lanes (loading.load_predictor), in this process."""
+    serve's default lanes (loading.load_predictor), in this process."""
     from sentiment_cli.model import ONNX_CHUNK
-    from sentiment_cli.onnxrt import OnnxPredictor, usable_cores
+    from sentiment_cli.onnxrt import OnnxPredictor, serve_lanes
 
-    return OnnxPredictor.from_folder(model, quantize=True, threads=usable_cores() + 1,
+    return OnnxPredictor.from_folder(model, quantize=True, threads=serve_lanes(),
                                      batch_size=ONNX_CHUNK, cache=str(cache))
 
 

@@ -101,12 +101,10 @@ def load_predictor(cfg: Config, folder: Path, info: dict[str, Any], threads: int
     if gate and s.accuracy_gate and needs_gate(wanted):
         check_accuracy(cfg, folder, info, wanted)
     if runtime == "onnx":
-        from sentiment_cli.onnxrt import OnnxPredictor, usable_cores
+        from sentiment_cli.onnxrt import OnnxPredictor, serve_lanes
 
-        # One lane more than cores: while a lane is in Python (tokenising, answering) or the event
-        # loop holds the GIL, the spare lane keeps both cores in ONNX Runtime (docs/performance.md).
         predictor: Predictor = OnnxPredictor.from_folder(
-            folder, quantize=s.quantize, threads=threads or usable_cores() + 1, batch_size=ONNX_CHUNK,
+            folder, quantize=s.quantize, threads=threads or serve_lanes(), batch_size=ONNX_CHUNK,
             name=name, cache=cfg.paths.onnx_cache)
     else:
         predictor = Predictor.from_folder(folder, quantize=s.quantize, threads=threads,

@@ -80,6 +80,16 @@ def usable_cores() -> int:
     return os.cpu_count() or 1
 
 
+def serve_lanes() -> int:
+    """The passes `sent serve` runs side by side on ONNX Runtime by default: two per core.
+
+    One lane more than cores already keeps the cores in ONNX Runtime while a lane is in Python.
+    Two per core also keeps the server's share of a core it shares with a busy neighbour: the
+    scheduler shares a core between runnable threads, so a neighbour's thread leaves 2 of 3 shares
+    to two lanes and 1 of 2 to one (docs/performance.md, "Two lanes per core")."""
+    return 2 * usable_cores()
+
+
 def cache_root(configured: str | None = None) -> Path:
     if configured:
         return Path(configured).expanduser()

@@ -59,3 +59,28 @@ def test_without_an_int8_server_no_ceiling_is_bracketed(monkeypatch):
     bench_serve.run_scenario("busy", 0, cfgs, {"naive": "naive"}, args, ["a review"],
                              {"busy": {"naive": {16: []}}}, None, {"busy": []}, adjacent)
     assert adjacent == {"busy": {}}
+
+
+def test_the_ceiling_runs_on_the_lanes_serve_runs_by_default(monkeypatch, tmp_path):
+    """The ceiling is the served configuration without HTTP: the same lanes as `sent serve
+    --runtime onnx --quantize` with serve.threads=0, which are two per core."""
+    from types import SimpleNamespace
+
+    from sentiment_cli import config, loading, onnxrt
+
+    asked: list[tuple[str, int, bool]] = []
+
+    def fake_from_folder(folder, *, quantize=False, threads=0, **kwargs):
+        asked.append((kwargs.get("name") or "ceiling", threads, quantize))
+        return SimpleNamespace(meta={}, version=None)
+
+    monkeypatch.setattr(onnxrt.OnnxPredictor, "from_folder", staticmethod(fake_from_folder))
+    monkeypatch.setattr(onnxrt, "usable_cores", lambda: 3)
+    cfg = config.load(root=tmp_path, overrides=["serve.quantize=true"])
+    loading.load_predictor(cfg, tmp_path, {"name": "served"}, gate=False, runtime="onnx")
+    bench_serve.onnx_ceiling_predictor(tmp_path, tmp_path / "cache")
+    assert asked == [("served", 6, True), ("ceiling", 6, True)]
+    asked.clear()
+    loading.load_predictor(config.load(root=tmp_path, overrides=["serve.threads=2"]), tmp_path, {"name": "served"},
+                           gate=False, runtime="onnx")
+    assert asked == [("served", 2, False)]

@@ -138,6 +138,7 @@ class Serve:
     accuracy_gate: bool = MISSING
     max_accuracy_drop: float = MISSING
     threads: int = MISSING
+    alone_threads: int = MISSING
     prefetch: bool = MISSING
     log_rotate_bytes: int = MISSING
     verify_hash: bool = MISSING
@@ -512,6 +513,7 @@ def _validate_serve(s: Any) -> None:
          "serve.max_wait_ms must be >= 0 and the size limits >= 1"),
         (0 <= s.max_accuracy_drop <= 1, "serve.max_accuracy_drop must be in [0, 1]"),
         (s.threads >= 0 and s.log_rotate_bytes >= 1, "serve.threads must be >= 0, serve.log_rotate_bytes >= 1"),
+        (s.alone_threads >= 0, f"serve.alone_threads must be >= 0 (0 = this worker's cores), not {s.alone_threads}"),
     ])
 
 

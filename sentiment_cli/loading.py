@@ -90,9 +90,12 @@ def runtime_for(cfg: Config, folder: Path) -> str:
 
 
 def load_predictor(cfg: Config, folder: Path, info: dict[str, Any], threads: int | None = None,
-                   gate: bool = True, runtime: str | None = None) -> Predictor:
+                   gate: bool = True, runtime: str | None = None, alone_threads: int | None = None
+                   ) -> Predictor:
     """The predictor serve.runtime and serve.quantize ask for, after the accuracy gate.
-    runtime: what runtime_for(cfg, folder) already chose (None: choose now)."""
+    runtime: what runtime_for(cfg, folder) already chose (None: choose now). alone_threads: the
+    threads of a pass that runs alone on ONNX Runtime (None: serve.alone_threads, 0 there = this
+    worker's share of the cores; 1 = no second session, as for a caller that never serves)."""
     s = cfg.serve
     threads = s.threads if threads is None else threads
     name = str(info.get("name") or folder.name)
@@ -101,11 +104,13 @@ def load_predictor(cfg: Config, folder: Path, info: dict[str, Any], threads: int
     if gate and s.accuracy_gate and needs_gate(wanted):
         check_accuracy(cfg, folder, info, wanted)
     if runtime == "onnx":
-        from sentiment_cli.onnxrt import OnnxPredictor, serve_lanes
+        from sentiment_cli.onnxrt import OnnxPredictor, serve_lanes, usable_cores
 
+        if alone_threads is None:
+            alone_threads = s.alone_threads or max(1, usable_cores() // s.workers)
         predictor: Predictor = OnnxPredictor.from_folder(
             folder, quantize=s.quantize, threads=threads or serve_lanes(), batch_size=ONNX_CHUNK,
-            name=name, cache=cfg.paths.onnx_cache)
+            name=name, cache=cfg.paths.onnx_cache, alone_threads=alone_threads)
     else:
         predictor = Predictor.from_folder(folder, quantize=s.quantize, threads=threads,
                                           batch_size=CPU_CHUNK, name=name)

@@ -135,6 +135,7 @@ def test_unknown_keys_never_pass_silently(tmp_path_factory, key):
         ("model.scratch.vocab_size=0", "model.scratch.vocab_size must be at least 16"),
         ("serve.max_queued_texts=1", "serve.max_queued_texts must be at least serve.max_texts"),
         ("serve.shutdown_budget_s=0", "serve.shutdown_budget_s"),
+        ("serve.alone_threads=-1", "serve.alone_threads must be >= 0"),
     ],
 )
 def test_out_of_range_and_interpolated_values_are_one_line_errors(tmp_path, override, fragment):

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -48,6 +49,69 @@ def test_int8_is_close_and_lanes_change_nothing(folder, cache):
     assert np.abs(parallel - reference).max() < 0.05
     preds = int8.predict(TEXTS[:3], parallel=False)
     assert [p.label_id for p in preds] == parallel[:3].argmax(1).tolist()
+
+
+class _Counting:
+    """A session that counts its passes, run on the session it wraps."""
+
+    def __init__(self, session):
+        self.session, self.runs = session, 0
+
+    def run(self, *args):
+        self.runs += 1
+        return self.session.run(*args)
+
+
+def test_a_pass_alone_runs_on_a_second_session_on_more_threads_with_the_same_answers(folder, cache):
+    p = onnxrt.OnnxPredictor.from_folder(folder, quantize=True, cache=cache, threads=2, alone_threads=2)
+    assert p.alone is not None and p.alone is not p.session and p.alone_threads == 2
+    assert p.alone.get_session_options().intra_op_num_threads == 2
+    assert p.session.get_session_options().intra_op_num_threads == 1
+    lanes, alone = p.session, p.alone
+    p.session, p.alone = _Counting(lanes), _Counting(alone)
+    side_by_side = p.predict_proba(TEXTS[:3], parallel=False)  # no pass_alone yet: the lanes' session
+    assert (p.session.runs, p.alone.runs) == (3, 0)
+    p.pass_alone(True)
+    solo = p.predict_proba(TEXTS[:3], parallel=False)
+    assert (p.session.runs, p.alone.runs) == (3, 3)
+    seen = []
+    with ThreadPoolExecutor(1) as other:  # the choice is the calling lane's, not every lane's
+        other.submit(lambda: seen.append(p.predict_proba(TEXTS[:1], parallel=False))).result()
+    assert (p.session.runs, p.alone.runs) == (4, 3)
+    p.pass_alone(False)
+    p.predict_proba(TEXTS[:1], parallel=False)
+    assert (p.session.runs, p.alone.runs) == (5, 3)
+    np.testing.assert_allclose(solo, side_by_side, atol=1e-5)
+
+    one = onnxrt.OnnxPredictor.from_folder(folder, quantize=True, cache=cache, threads=2)
+    assert one.alone is None and one.alone_threads == 1  # the default: no second copy
+    one.pass_alone(True)
+    np.testing.assert_allclose(one.predict_proba(TEXTS[:3], parallel=False), side_by_side, atol=1e-5)
+
+
+def test_serve_loads_a_session_for_a_pass_alone_on_its_workers_share_of_the_cores(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    from sentiment_cli import loading
+
+    asked = []
+
+    def fake_from_folder(folder, *, threads=0, alone_threads=1, **kwargs):
+        asked.append((threads, alone_threads))
+        return SimpleNamespace(meta={}, version=None)
+
+    monkeypatch.setattr(onnxrt.OnnxPredictor, "from_folder", staticmethod(fake_from_folder))
+    monkeypatch.setattr(onnxrt, "usable_cores", lambda: 4)
+    for overrides, wanted in [([], (8, 4)), (["serve.workers=2"], (8, 2)), (["serve.workers=8"], (8, 1)),
+                              (["serve.alone_threads=1"], (8, 1)), (["serve.alone_threads=3"], (8, 3))]:
+        asked.clear()
+        cfg = config.load(root=tmp_path, overrides=overrides)
+        loading.load_predictor(cfg, tmp_path, {"name": "served"}, gate=False, runtime="onnx")
+        assert asked == [wanted], overrides
+    asked.clear()
+    loading.load_predictor(config.load(root=tmp_path), tmp_path, {"name": "drift"}, gate=False, runtime="onnx",
+                           alone_threads=1)
+    assert asked == [(8, 1)]
 
 
 def test_the_export_is_built_once_and_reused(folder, cache, monkeypatch):

@@ -1126,6 +1126,55 @@ def test_the_onnx_variant_serves_the_same_api(cfg, onnx_predictor, tiny_predicto
         assert metric(samples, name) - metric(before, name) == 12
 
 
+def test_a_lone_onnx_request_runs_on_every_thread_and_overlapping_ones_on_the_lanes(
+        tmp_path, tiny_model_dir, caplog):
+    """A pass with no other running or waiting takes the second session (serve.alone_threads
+    threads); passes that overlap take the lanes' single-threaded session; the warm-up runs both."""
+    from sentiment_cli.onnxrt import OnnxPredictor
+    from sentiment_cli.serve.service import Service
+
+    predictor = OnnxPredictor.from_folder(tiny_model_dir, quantize=True, threads=2, alone_threads=2,
+                                          name="tiny", version="7", cache=str(tmp_path / "onnx"))
+    runs = {"lanes": 0, "alone": 0}
+
+    class Counting:
+        def __init__(self, session, key):
+            self.session, self.key = session, key
+
+        def run(self, *args):
+            runs[self.key] += 1
+            time.sleep(0.02)  # long enough for the passes of concurrent requests to overlap
+            return self.session.run(*args)
+
+    predictor.session = Counting(predictor.session, "lanes")
+    predictor.alone = Counting(predictor.alone, "alone")
+
+    async def serve_some():
+        svc = Service(serve_config(tmp_path / "log"), predictor, None, 30.0)
+        await svc.start()
+        try:
+            assert await svc.wait_ready(), svc.detail
+            warm = dict(runs)
+            for key in runs:
+                runs[key] = 0
+            lone = [await svc.predict([f"alone {i}"]) for i in range(3)]
+            after_lone = dict(runs)
+            together = await asyncio.gather(*(svc.predict([f"together {i}"]) for i in range(12)))
+            return warm, after_lone, dict(runs), lone, together
+        finally:
+            await svc.stop()
+
+    with caplog.at_level("INFO", logger="uvicorn.error"):
+        warm, after_lone, after_all, lone, together = asyncio.run(serve_some())
+    assert warm == {"lanes": 1, "alone": 1}
+    assert after_lone == {"lanes": 0, "alone": 3}
+    assert after_all["lanes"] >= 6 and after_all["lanes"] + after_all["alone"] == 15
+    expected = predictor.predict([f"alone {i}" for i in range(3)], parallel=False)
+    assert [preds[0].label for preds, _ in lone] == [e.label for e in expected]
+    assert all(len(preds) == 1 for preds, _ in together)
+    assert any("on 2 lanes, a pass alone on 2 threads" in r.getMessage() for r in caplog.records)
+
+
 def _eval_json(folder: Path, accuracy: float, variants: dict[str, float], weights: str | None = None):
     from sentiment_cli.model import weights_sha256
 

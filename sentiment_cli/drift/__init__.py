@@ -123,7 +123,8 @@ class Monitor:
         if self._predictor is None:
             from sentiment_cli import loading
 
-            self._predictor = loading.load_predictor(self.cfg, self.folder, self.info, gate=False)
+            self._predictor = loading.load_predictor(self.cfg, self.folder, self.info, gate=False,
+                                                      alone_threads=1)
             if self._predictor.lanes == 1:  # torch: big batches, not serve's latency-bound chunks
                 self._predictor.batch_size = max(self._predictor.batch_size, self.cfg.eval.batch_size)
         return self._predictor

@@ -59,7 +59,7 @@ class Batcher:
         self._on_batch = on_batch
         self._queue: asyncio.Queue[_Item | None] = asyncio.Queue()
         self._executor = ThreadPoolExecutor(max_workers=self.lanes, thread_name_prefix="sent-forward")
-        self._before_pass = before_pass
+        self.before_pass = before_pass
         self._task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._passes = 0  # passes handed to the lanes and not yet answered
@@ -196,8 +196,8 @@ class Batcher:
         live = [i for i in batch if not i.future.done()]  # a client that went away is skipped
         if not live:
             return live, [], 0.0
-        if self._before_pass is not None:
-            self._before_pass(alone)
+        if self.before_pass is not None:
+            self.before_pass(alone)
         start = time.perf_counter()
         preds = self._predict([t for i in live for t in i.texts])
         return live, preds, time.perf_counter() - start

@@ -32,6 +32,18 @@ events = logging.getLogger("uvicorn.error")
 _pass_threads = threading.local()  # the torch thread count each lane last set
 
 
+def _warm_up(predictor: Predictor, before_pass: Callable[[bool], None] | None) -> None:
+    for alone in (True, False) if before_pass is not None else (None,):
+        if before_pass is not None:
+            before_pass(alone)
+        predictor.predict(["warm-up: a short review"])
+
+
+def _alone_note(predictor: Predictor) -> str:
+    n = getattr(predictor, "alone_threads", 1)
+    return f", a pass alone on {n} threads" if n > 1 else ""
+
+
 def torch_pass_threads(n: int, default: int) -> None:
     """Make torch's passes on the calling thread use n threads; every other thread keeps its
     setting, and threads starting later get `default` (serve's lanes call this before a pass).
@@ -235,10 +247,15 @@ class Service:
         worker's share): a pass that runs alone uses torch's threads, as before; passes that run
         side by side use one thread each, so none waits for a thread a busy neighbour has
         descheduled (docs/performance.md). serve.threads > 0 asks for one pass at a time on that
-        many threads instead, as does any predictor not on a CPU.
+        many threads instead, as does any predictor not on a CPU. serve.alone_threads > 0 sets the
+        threads of a pass alone (torch's own count otherwise). ONNX Runtime's predictor chooses
+        its session per pass itself (OnnxPredictor.pass_alone).
         """
         lanes = getattr(predictor, "lanes", 1)
         s = self.cfg.serve
+        pass_alone = getattr(predictor, "pass_alone", None)
+        if pass_alone is not None:
+            return lanes, pass_alone
         torch_cpu = str(getattr(predictor, "variant", "")).startswith("torch") and getattr(
             predictor, "on_cpu", False)
         if lanes > 1 or not torch_cpu or s.threads > 0:
@@ -248,8 +265,9 @@ class Service:
         from sentiment_cli.onnxrt import usable_cores
 
         default = torch.get_num_threads()
+        solo = s.alone_threads or default
         return (max(1, usable_cores() // max(1, s.workers)),
-                lambda alone: torch_pass_threads(default if alone else 1, default))
+                lambda alone: torch_pass_threads(solo if alone else 1, default))
 
     async def _load_and_warm_up(self) -> None:
         batcher: Batcher | None = None
@@ -260,8 +278,9 @@ class Service:
             predictor = self.predictor
             batcher = self._batcher_for(predictor)
             start = time.perf_counter()
-            # One pass before traffic pays the first call's costs: lazy allocations, kernel choice.
-            await batcher.call(lambda: predictor.predict(["warm-up: a short review"]))
+            # One pass before traffic pays the first call's costs: lazy allocations, kernel choice;
+            # where a pass alone runs otherwise (more threads, its own session), one of each.
+            await batcher.call(functools.partial(_warm_up, predictor, batcher.before_pass))
             batcher.start()
             self.batcher = batcher
             self._info_labels = (predictor.name, str(predictor.version),
@@ -270,9 +289,9 @@ class Service:
             self.status = "ready"
             self._settled.set()
             events.info(
-                "model %s version %s ready as %s on %d lane%s (warm-up %.0f ms)", predictor.name,
+                "model %s version %s ready as %s on %d lane%s%s (warm-up %.0f ms)", predictor.name,
                 predictor.version, self._info_labels[2], batcher.lanes, "s" * (batcher.lanes > 1),
-                (time.perf_counter() - start) * 1000)
+                _alone_note(predictor), (time.perf_counter() - start) * 1000)
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -23,7 +23,9 @@ cancels to first order). All of that --runs times, the server order rotated each
 of the runs is reported. For every server the script also records its CPU time per request
 (/proc) and, for `sent serve`, the time per request spent inside the model call (its
 sent_forward_seconds metric): at concurrency 1 the rest of the latency is the server's own
-overhead (HTTP, JSON, batching, metrics, the prediction log) plus the load generator's.
+overhead (HTTP, JSON, batching, metrics, the prediction log) plus the load generator's. It also
+records the CPU per request of `sent serve`'s event-loop thread: the HTTP and JSON part of the
+server's own work, which the in-process ceiling does not do.
 Then `sent serve` is driven open-loop (Poisson arrivals at a fixed rate, latency counted from the
 scheduled send time) at half the peak it reached, on the quiet machine.
 Last, each faster variant (torch int8, ONNX Runtime fp32 and int8) against the fp32 torch model
@@ -162,6 +164,7 @@ class Result:
     client_cpu_ms_per_req: float | None = None  # the load generator's (this process), same cores
     model_ms_per_req: float | None = None  # sent serve: wall time inside the model call
     outside_ms: float | None = None  # mean latency less model_ms_per_req (meaningful at C = 1)
+    loop_cpu_ms_per_req: float | None = None  # sent serve: its event loop's thread (the main one)
 
 
 def summarize(latencies: list[float], errors: int, seconds: float) -> Result:
@@ -180,9 +183,10 @@ def summarize(latencies: list[float], errors: int, seconds: float) -> Result:
 # ---------------------------------------------------------------- what a server spends
 
 
-def process_cpu_s(pid: int) -> float:
-    """utime + stime of a process (all its threads), in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def process_cpu_s(pid: int, tid: int | None = None) -> float:
+    """utime + stime of a process (all its threads), or of its thread tid, in seconds."""
+    stat = Path(f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat")
+    fields = stat.read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -201,16 +205,22 @@ def forward_seconds(url: str) -> tuple[float, float]:
 
 def measure(srv, kind: str, texts: Texts, concurrency: int, duration: float, client: str = "raw"
             ) -> Result:
-    """One closed-loop measurement, with the server's CPU and model time per request."""
+    """One closed-loop measurement, with the server's CPU and model time per request. Of sent
+    serve also the CPU of its event loop (uvicorn's with one worker: the process's main thread),
+    which with the prediction-log writer's is the server's own work beside the model's."""
     before_load = round(os.getloadavg()[0], 2)
-    cpu0 = process_cpu_s(srv.process.pid)
+    pid = srv.process.pid
+    cpu0 = process_cpu_s(pid)
+    loop0 = process_cpu_s(pid, pid) if kind == "sent" else None
     fwd0 = forward_seconds(srv.url) if kind == "sent" else None
     client0 = time.process_time()
     r = closed_loop(srv.url, texts, concurrency, duration, client)
     client = time.process_time() - client0
     r.loadavg_before = before_load
     done = max(1, r.requests + r.errors)
-    r.cpu_ms_per_req = round((process_cpu_s(srv.process.pid) - cpu0) * 1000 / done, 2)
+    r.cpu_ms_per_req = round((process_cpu_s(pid) - cpu0) * 1000 / done, 2)
+    if loop0 is not None:
+        r.loop_cpu_ms_per_req = round((process_cpu_s(pid, pid) - loop0) * 1000 / done, 2)
     r.client_cpu_ms_per_req = round(client * 1000 / done, 2)
     if fwd0 is not None:
         fwd1 = forward_seconds(srv.url)
@@ -439,7 +449,8 @@ def machine() -> dict:
 
 def median_result(results: list[Result]) -> dict:
     keys = ["rps", "p50_ms", "p99_ms", "max_ms", "mean_ms", "loadavg", "loadavg_before",
-            "cpu_ms_per_req", "client_cpu_ms_per_req", "model_ms_per_req", "outside_ms"]
+            "cpu_ms_per_req", "client_cpu_ms_per_req", "model_ms_per_req", "outside_ms",
+            "loop_cpu_ms_per_req"]
     out = {k: round(statistics.median(getattr(r, k) for r in results), 2) for k in keys
            if all(getattr(r, k) is not None for r in results)}
     out["errors"] = sum(r.errors for r in results)
@@ -505,7 +516,8 @@ def run_scenario(scenario: str, run: int, cfgs: list[Config], servers: dict, arg
                     print(f"run {run + 1} {scenario:5s} {cfg.name:14s} ceiling just before {a['before']:.1f}, "
                           f"just after {a['after']:.1f} texts/s: of ceiling {a['of_ceiling']:.3f}", flush=True)
                 extra = "" if r.outside_ms is None else (
-                    f"  model {r.model_ms_per_req:6.1f} ms/req  outside {r.outside_ms:6.1f} ms")
+                    f"  model {r.model_ms_per_req:6.1f} ms/req  outside {r.outside_ms:6.1f} ms"
+                    f"  event loop {r.loop_cpu_ms_per_req:5.2f} ms/req")
                 print(f"run {run + 1} {scenario:5s} {cfg.name:14s} c={n:<3d} {r.rps:7.1f} req/s  "
                       f"p50 {r.p50_ms:7.1f} ms  p99 {r.p99_ms:7.1f} ms  errors {r.errors}  "
                       f"cpu {r.cpu_ms_per_req:6.1f} (client {r.client_cpu_ms_per_req:4.1f}) ms/req{extra}"

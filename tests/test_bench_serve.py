@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import subprocess
 import sys
+import textwrap
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -84,3 +87,52 @@ def test_the_ceiling_runs_on_the_lanes_serve_runs_by_default(monkeypatch, tmp_pa
     loading.load_predictor(config.load(root=tmp_path, overrides=["serve.threads=2"]), tmp_path, {"name": "served"},
                            gate=False, runtime="onnx")
     assert asked == [("served", 2, False)]
+
+
+def test_a_threads_cpu_is_read_apart_from_its_process(tmp_path):
+    """measure() records sent serve's event-loop thread's CPU per request from /proc/PID/task/TID:
+    a thread that burns CPU shows it there, and the main thread does not get it."""
+    script = tmp_path / "burn.py"
+    script.write_text(textwrap.dedent("""
+        import sys, threading, time
+        def burn():
+            end = time.thread_time() + 0.6
+            while time.thread_time() < end:
+                pass
+        t = threading.Thread(target=burn)
+        t.start()
+        print(threading.get_native_id(), t.native_id, flush=True)
+        t.join()
+        sys.stdin.readline()
+    """))
+    proc = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        main_tid, burner_tid = map(int, proc.stdout.readline().split())
+        assert main_tid == proc.pid  # the main thread's id is the process's
+        deadline = time.monotonic() + 30
+        while bench_serve.process_cpu_s(proc.pid) < 0.5 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        whole = bench_serve.process_cpu_s(proc.pid)
+        main = bench_serve.process_cpu_s(proc.pid, main_tid)
+        assert whole >= 0.5
+        assert main < whole - 0.4  # the burner's CPU is not the main thread's
+    finally:
+        proc.stdin.write("\n")
+        proc.stdin.close()
+        proc.wait(timeout=30)
+
+
+def test_sent_servers_event_loop_cpu_per_request_is_recorded(monkeypatch):
+    cpu = {None: [10.0, 12.0], 123: [1.0, 1.5]}  # the process, then its main thread: before, after
+
+    monkeypatch.setattr(bench_serve, "process_cpu_s", lambda pid, tid=None: cpu[tid].pop(0))
+    monkeypatch.setattr(bench_serve, "forward_seconds", lambda url: (0.0, 0.0))
+    monkeypatch.setattr(bench_serve, "closed_loop", lambda *a, **k: result(100.0))
+    srv = argparse.Namespace(process=argparse.Namespace(pid=123), url="http://x")
+    r = bench_serve.measure(srv, "sent", bench_serve.Texts(["a"]), 16, 1.0)
+    assert r.cpu_ms_per_req == 20.0  # 2 s over 100 requests
+    assert r.loop_cpu_ms_per_req == 5.0  # 0.5 s over 100 requests
+    cpu = {None: [10.0, 12.0]}
+    monkeypatch.setattr(bench_serve, "process_cpu_s", lambda pid, tid=None: cpu[tid].pop(0))
+    assert bench_serve.measure(srv, "naive", bench_serve.Texts(["a"]), 16, 1.0).loop_cpu_ms_per_req is None

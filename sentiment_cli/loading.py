@@ -104,10 +104,10 @@ def load_predictor(cfg: Config, folder: Path, info: dict[str, Any], threads: int
     if gate and s.accuracy_gate and needs_gate(wanted):
         check_accuracy(cfg, folder, info, wanted)
     if runtime == "onnx":
-        from sentiment_cli.onnxrt import OnnxPredictor, serve_lanes, usable_cores
+        from sentiment_cli.onnxrt import OnnxPredictor, serve_lanes, worker_cores
 
         if alone_threads is None:
-            alone_threads = s.alone_threads or max(1, usable_cores() // s.workers)
+            alone_threads = s.alone_threads or worker_cores(s.workers)
         predictor: Predictor = OnnxPredictor.from_folder(
             folder, quantize=s.quantize, threads=threads or serve_lanes(), batch_size=ONNX_CHUNK,
             name=name, cache=cfg.paths.onnx_cache, alone_threads=alone_threads)

@@ -81,6 +81,11 @@ def usable_cores() -> int:
     return os.cpu_count() or 1
 
 
+def worker_cores(workers: int) -> int:
+    """The cores one of `workers` serving processes may count on: its share, at least one."""
+    return max(1, usable_cores() // max(1, workers))
+
+
 def serve_lanes() -> int:
     """The passes `sent serve` runs side by side on ONNX Runtime by default: two per core.
 

@@ -262,11 +262,11 @@ class Service:
             return lanes, None
         import torch
 
-        from sentiment_cli.onnxrt import usable_cores
+        from sentiment_cli.onnxrt import worker_cores
 
         default = torch.get_num_threads()
         solo = s.alone_threads or default
-        return (max(1, usable_cores() // max(1, s.workers)),
+        return (worker_cores(s.workers),
                 lambda alone: torch_pass_threads(solo if alone else 1, default))
 
     async def _load_and_warm_up(self) -> None:

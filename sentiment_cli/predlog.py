@@ -10,8 +10,8 @@ clashing. A local file is appended to and flushed after each batch, and a new on
 buffer reaches `rotate_bytes`, every `flush_seconds`, and on close.
 
 Writing happens on a background thread fed by a queue: `PredictionLog.write` never waits for disk
-or network. After each write the thread pauses `gather_s` (20 ms), so under load it wakes and
-writes a few dozen times a second instead of once per request; `flush()` and `close()` cut the
+or network. After each write the thread pauses `gather_s` (100 ms), so under load it wakes and
+writes about ten times a second instead of once per request; `flush()` and `close()` cut the
 pause short. `close()` drains the queue, so a server that shuts down cleanly loses nothing.
 
 Longer than 400 lines because the writer and the reader of one format belong together: they
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 PREFIX = "predictions-"
 SUFFIX = ".jsonl"
 _STOP = object()
-GATHER_S = 0.02  # the writer's pause after each write: records that arrive meanwhile go together
+GATHER_S = 0.1  # the writer's pause after each write: records that arrive meanwhile go together
 
 
 def utc_now() -> str:

@@ -531,6 +531,13 @@ def run_scenario(scenario: str, run: int, cfgs: list[Config], servers: dict, arg
                   f"->{c['loadavg']}", flush=True)
 
 
+def write_results(out: Path, results: dict) -> None:
+    """The results as indented JSON at `out` (its folder made if need be), and a line saying so."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
 def stop_servers_on_sigterm() -> None:
     """SIGTERM (a `kill`, a CI timeout) unwinds like Ctrl-C: the `with server(...)` blocks then stop
     the servers this script started, which a plain SIGTERM would leave running."""
@@ -595,9 +602,7 @@ def main() -> None:
 
     print_report(results, args.concurrency)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2) + "\n")
-        print(f"wrote {args.out}")
+        write_results(args.out, results)
 
 
 def open_loops(cfgs: list[Config], running: dict, args, texts: list[str], closed: dict) -> dict:

@@ -181,9 +181,7 @@ def main() -> None:
             git("worktree", "remove", "--force", str(args.base_dir))
     results.update(loadavg_after=loadavg(), summary=summarize(rounds), rounds=rounds)
     print(json.dumps(results["summary"], indent=2))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    bench_serve.write_results(args.out, results)
 
 
 if __name__ == "__main__":

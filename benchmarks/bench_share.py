@@ -104,6 +104,11 @@ def block_bootstrap_geomean(chains: list[list[float]], block: int = 4, resamples
             "coverage": coverage, "block": block, "resamples": resamples, "seed": seed}
 
 
+def _median_of(rows: list[dict], key: str) -> float | None:
+    known = [r[key] for r in rows if r.get(key) is not None]
+    return round(statistics.median(known), 3) if known else None
+
+
 def summarize(blocks: list[dict], goal: float) -> dict:
     """Per scenario: rounds, the median and geometric-mean shares with their intervals, the rounds
     below `goal`, and the medians of the event loop's and the client's CPU per request."""
@@ -113,18 +118,13 @@ def summarize(blocks: list[dict], goal: float) -> dict:
         chains = [b["shares"] for b in mine]
         shares = [s for c in chains for s in c]
         served = [r for b in mine for r in b["served"]]
-
-        def median_of(key: str, served: list[dict] = served) -> float | None:
-            known = [r[key] for r in served if r.get(key) is not None]
-            return round(statistics.median(known), 3) if known else None
-
         out[scenario] = {"rounds": len(shares), "median": median_interval(shares),
                          "geomean": block_bootstrap_geomean(chains),
                          "rounds_below_goal": sum(s < goal for s in shares), "goal": goal,
                          "smallest": min(shares, default=None), "largest": max(shares, default=None),
-                         "median_loop_cpu_ms_per_req": median_of("loop_cpu_ms_per_req"),
-                         "median_client_cpu_ms_per_req": median_of("client_cpu_ms_per_req"),
-                         "median_served_rps": median_of("rps"),
+                         "median_loop_cpu_ms_per_req": _median_of(served, "loop_cpu_ms_per_req"),
+                         "median_client_cpu_ms_per_req": _median_of(served, "client_cpu_ms_per_req"),
+                         "median_served_rps": _median_of(served, "rps"),
                          "median_ceiling_texts_per_s": round(statistics.median(
                              c["texts_per_s"] for b in mine for c in b["ceilings"]), 3) if mine else None}
     return out
@@ -166,7 +166,9 @@ def run_block(srv, predictor, scenario: str, n: int, texts: list[str], args) -> 
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description="The ONNX int8 sent serve's share of its in-process ceiling, measured in rounds "
+                    "chained between ceilings, with intervals (see the module's docstring).")
     parser.add_argument("--model", type=Path, help="a model folder; default: random DistilBERT-base")
     parser.add_argument("--onnx-cache", type=Path, help="the ONNX exports (default: a fresh folder)")
     parser.add_argument("--rounds", type=int, default=60, help="rounds per scenario")
@@ -180,7 +182,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=HERE / "results" / "serve-share.json")
     parser.add_argument("--pool", type=Path, nargs="+", metavar="RESULTS",
                         help="summarise these results files together instead of measuring")
-    return parser.parse_args()
+    args = parser.parse_args()
+    for name in ("rounds", "block", "duration", "concurrency"):
+        if getattr(args, name) <= 0:
+            parser.error(f"--{name} must be above 0, not {getattr(args, name)}")
+    if args.busy < 0:
+        parser.error(f"--busy must be 0 or more, not {args.busy}")
+    return args
 
 
 def pooled(files: list[Path], goal: float) -> dict:
@@ -224,9 +232,7 @@ def main() -> None:
                    loadavg_after=round(os.getloadavg()[0], 2), summary=summarize(blocks, args.goal),
                    blocks=blocks)
     print(json.dumps(results["summary"], indent=2))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    bench_serve.write_results(args.out, results)
 
 
 if __name__ == "__main__":
